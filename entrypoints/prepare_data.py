@@ -1,0 +1,85 @@
+"""Create or convert data: the synthetic default, the official BAIR TFRecords, or a packed cache of any
+course-layout tree (DESIGN §6). Bad input exits with code 2 and one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from svg.data import SPLITS, convert_tfrecords, ensure_synthetic, pack
+from svg.errors import SvgError
+
+
+def _synthetic(args: argparse.Namespace) -> str:
+    root = ensure_synthetic(args.out, args.train, args.val, args.test, args.seed, args.workers, progress=True)
+    return f"synthetic data ({args.train}/{args.val}/{args.test} sequences, seed {args.seed}) in {root}"
+
+
+def _tfrecord(args: argparse.Namespace) -> str:
+    counts = convert_tfrecords(args.src, args.out, args.val_fraction, args.seed, args.pack, args.workers)
+    where = f"{args.out}/.cache" if args.pack else str(args.out)
+    return ", ".join(f"{split} {n}" for split, n in counts.items()) + f" sequences in {where}"
+
+
+def _pack(args: argparse.Namespace) -> str:
+    counts = pack(args.root, tuple(args.splits), args.seq_len, args.skip_bad, args.workers)
+    summary = ", ".join(f"{split} {n}" for split, n in counts.items())
+    return f"{summary} sequences packed in {args.root}/.cache"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prepare_data", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("synthetic", help="generate the embedded synthetic robot-pushing set")
+    p.add_argument("--out", required=True, help="ROOT to write train/, validate/, test/ and .cache/ into")
+    p.add_argument("--train", type=int, default=2000, help="train sequences (default 2000)")
+    p.add_argument("--val", type=int, default=128, help="validate sequences (default 128)")
+    p.add_argument("--test", type=int, default=256, help="test sequences (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    p.set_defaults(run=_synthetic)
+
+    p = commands.add_parser(
+        "tfrecord",
+        help="convert the official softmotion30_44k TFRecords",
+        description="Convert SRC/{train,test}/traj_<a>_to_<b>.tfrecords into the course layout under ROOT "
+        "(or straight into ROOT/.cache with --pack). Frames come from i/image_aux1/encoded (raw 64x64x3 "
+        "bytes, the camera the course data uses), stored unchanged; conditions are i/action then "
+        "i/endeffector_pos. validate/ holds whole train files: the sorted train files are permuted with "
+        "numpy default_rng(SEED) and the first round(VAL_FRACTION * n_files) of them (at least 1, at most "
+        "n_files - 1) are held out. Resumable: converted sequences and files are skipped on a re-run.",
+    )
+    p.add_argument("src", help="the extracted softmotion30_44k folder (holding train/ and test/)")
+    p.add_argument("--out", required=True, help="ROOT to write into")
+    p.add_argument("--pack", action="store_true", help="write only the packed cache, no PNGs")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="share of train files held out (0.05)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out file choice (default 0)")
+    p.set_defaults(run=_tfrecord)
+
+    p = commands.add_parser("pack", help="pack a course-layout tree into ROOT/.cache (memory-mapped arrays)")
+    p.add_argument("root", help="ROOT holding train/, validate/, test/")
+    p.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="splits to pack (all)")
+    p.add_argument("--seq-len", type=int, default=30, help="frames kept per sequence (default 30)")
+    p.add_argument("--skip-bad", action="store_true", help="skip bad sequences with a warning, don't fail")
+    p.set_defaults(run=_pack)
+
+    for p in commands.choices.values():
+        p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = lambda message, *_a, **_k: print(f"prepare_data: warning: {message}",
+                                                            file=sys.stderr)
+    try:
+        print(args.run(args))
+    except SvgError as e:
+        print(f"prepare_data: {e}".replace("\n", " "), file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Train an SVG model; every run is a W&B run (offline without credentials) and a local run folder.
+
+python entrypoints/train.py --config cpu --out runs/first
+python entrypoints/train.py --config seed --kl.mode=cyclical --optim.lr=2e-4 --out runs/cyc
+python entrypoints/train.py --config cpu --out runs/first --resume auto
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from svg.cli import run_cli
+from svg.config import OneLineParser, add_experiment_arguments, experiment_from_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="run folder (default: runs/<W&B-style run name>)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="must",
+        choices=["must", "auto"],
+        help="continue from OUT/checkpoints/last.pt (bare: it must exist; 'auto': if it exists)",
+    )
+    add_experiment_arguments(parser)
+    args = parser.parse_args(argv)
+
+    def go() -> None:
+        from svg.tracking import run_name
+        from svg.train import Trainer
+
+        exp = experiment_from_args(args)
+        out = args.out or Path("runs") / (exp.tracking.name or run_name(exp))
+        result = Trainer(exp, out, resume=args.resume).fit()
+        if "val/psnr" in result:
+            print(
+                f"done: val psnr {result['val/psnr']:.2f} dB, copy-last {result['val/psnr_copy_last']:.2f} dB, "
+                f"best {result['val/psnr_best']:.2f} dB; run folder {out}"
+            )
+
+    return run_cli("train.py", go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Every hyperparameter of an experiment, typed, bounded and described.
+
+Sources, later wins: a preset or YAML file, dotted overrides (``--kl.mode=cyclical``) from the
+command line or a W&B sweep agent. The resolved ``Experiment`` is saved with every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from svg.errors import SvgError
+
+SEQ_LEN = 30
+"""Frames per sequence in BAIR and in the embedded synthetic data."""
+
+COND_DIM = 7
+"""Per-step condition: action (4) + end-effector position (3)."""
+
+
+class ConfigError(SvgError):
+    """A config value, file or override is invalid."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Data(Section):
+    root: str = Field("data/synthetic", description="dataset folder in the course layout (or with a packed cache)")
+    synthetic: bool = Field(
+        True, description="generate the embedded synthetic dataset at data.root when it is not there yet"
+    )
+    n_train: int = Field(2000, gt=0, description="synthetic training sequences to generate")
+    n_val: int = Field(128, gt=0, description="synthetic validation sequences to generate")
+    n_test: int = Field(256, gt=0, description="synthetic test sequences to generate")
+    batch_size: int = Field(12, gt=0, description="sequences per training batch (per process under DDP)")
+    num_workers: int = Field(0, ge=0, description="data-loading worker processes (0 = load in the main process)")
+    skip_bad: bool = Field(False, description="skip unreadable sequences with a warning instead of stopping")
+
+
+class Model(Section):
+    encoder: Literal["vgg64", "dcgan64"] = Field("vgg64", description="frame encoder/decoder architecture")
+    channels: int = Field(64, gt=0, description="base channel width of the encoder/decoder (the seed's vgg64: 64)")
+    g_dim: int = Field(128, gt=0, description="size of the frame encoding fed to the LSTMs")
+    z_dim: int = Field(64, gt=0, description="size of the latent variable z_t")
+    rnn_size: int = Field(256, gt=0, description="hidden units of every LSTM")
+    predictor_layers: int = Field(2, gt=0, description="stacked LSTM cells of the frame predictor")
+    posterior_layers: int = Field(1, gt=0, description="stacked LSTM cells of the posterior (and learned prior)")
+    prior: Literal["fixed", "learned"] = Field(
+        "fixed", description="fixed N(0,I) prior (SVG-FP) or a learned prior LSTM (SVG-LP)"
+    )
+    last_frame_skip: bool = Field(
+        False, description="take decoder skips from the latest input frame instead of the last context frame"
+    )
+
+
+class KL(Section):
+    mode: Literal["monotonic", "cyclical", "none"] = Field("monotonic", description="KL annealing schedule for beta")
+    ratio: float = Field(0.5, gt=0, le=1, description="fraction of each cycle during which beta rises")
+    cycles: int = Field(3, gt=0, description="number of annealing cycles over the run (cyclical mode)")
+    beta_max: float = Field(1.0, ge=0, description="value beta rises to")
+
+
+class TeacherForcing(Section):
+    start_decay_epoch: int = Field(10, ge=0, description="epoch at which the teacher-forcing ratio starts to decay")
+    decay_step: float | None = Field(
+        None, gt=0, le=1, description="decrease of the ratio per epoch (None: reach 0 at the last epoch)"
+    )
+    lower: float = Field(0.0, ge=0, le=1, description="floor of the teacher-forcing ratio")
+
+
+class Optim(Section):
+    lr: float = Field(0.002, gt=0, description="Adam learning rate")
+    beta1: float = Field(0.9, ge=0, lt=1, description="Adam beta1")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value (None: off)")
+
+
+class Train(Section):
+    epochs: int = Field(300, gt=0, description="training epochs")
+    iters_per_epoch: int = Field(600, gt=0, description="optimizer steps per epoch")
+    n_past: int = Field(2, gt=0, description="context (ground-truth) frames given to the model")
+    n_future: int = Field(10, gt=0, description="frames predicted during training")
+    n_eval: int = Field(30, gt=1, description="frames per validation sequence (context + predicted)")
+    val_every: int = Field(1, gt=0, description="validate every this many epochs (and after the last)")
+    val_sequences: int = Field(128, gt=0, description="validation sequences scored each validation")
+    media_every: int = Field(5, gt=0, description="log a prediction GIF every this many validations")
+    checkpoint_every: int = Field(200, gt=0, description="also save a mid-epoch checkpoint every this many iterations")
+    max_bad_steps: int = Field(5, gt=0, description="stop after this many non-finite losses in a row")
+    seed: int = Field(1, ge=0, description="random seed of data order, initialisation and sampling")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train (auto: cuda when present)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast precision (auto: bf16 on AMX/AVX512-bf16 CPUs and CUDA, else fp32)"
+    )
+    channels_last: bool = Field(True, description="run convolutions in channels-last memory format")
+    compile: bool = Field(False, description="torch.compile the encoder and decoder")
+    threads: int | None = Field(None, gt=0, description="CPU threads for torch (None: all cores of this process)")
+    deterministic: bool = Field(False, description="deterministic kernels, for exact resume checks")
+
+
+class Tracking(Section):
+    mode: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="W&B mode (auto: online with credentials, else offline)"
+    )
+    project: str = Field("svg-sweeps", min_length=1, description="W&B project")
+    entity: str | None = Field(None, description="W&B entity (team or user); None: your default")
+    name: str | None = Field(None, description="W&B run name; None: derived from what the run varies")
+    group: str | None = Field(None, description="W&B group, e.g. one study")
+    tags: list[str] = Field(default_factory=list, description="W&B tags")
+
+
+class Experiment(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    data: Data = Field(default_factory=Data)
+    model: Model = Field(default_factory=Model)
+    kl: KL = Field(default_factory=KL)
+    tfr: TeacherForcing = Field(default_factory=TeacherForcing)
+    optim: Optim = Field(default_factory=Optim)
+    train: Train = Field(default_factory=Train)
+    tracking: Tracking = Field(default_factory=Tracking)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Experiment:
+        t = self.train
+        if t.n_past + t.n_future > SEQ_LEN:
+            raise ValueError(f"train.n_past + train.n_future = {t.n_past + t.n_future} exceeds the {SEQ_LEN} frames")
+        if t.n_eval > SEQ_LEN:
+            raise ValueError(f"train.n_eval = {t.n_eval} exceeds the {SEQ_LEN} frames of a sequence")
+        if t.n_eval <= t.n_past:
+            raise ValueError(f"train.n_eval = {t.n_eval} leaves nothing to predict after {t.n_past} context frames")
+        if self.tfr.start_decay_epoch >= t.epochs:
+            raise ValueError(
+                f"tfr.start_decay_epoch = {self.tfr.start_decay_epoch} must be below train.epochs = {t.epochs}"
+            )
+        return self
+
+
+PRESETS = ("seed", "cpu", "smoke")
+
+
+def _read_yaml(source: str) -> dict[str, Any]:
+    if source in PRESETS:
+        text = resources.files("svg.presets").joinpath(f"{source}.yaml").read_text()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"--config: {source} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
+        text = path.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config: {source} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {source} must hold a mapping of sections")
+    return data
+
+
+def _parse_value(text: str) -> Any:
+    """Values as a shell or ``wandb agent`` spells them: ``None``/``null`` -> None, lists as YAML."""
+    if text in ("None", "null", "~"):
+        return None
+    if text.startswith("["):
+        return yaml.safe_load(text)
+    return text
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    section, _, field = dotted.partition(".")
+    if not field or "." in field:
+        raise ConfigError(f"--{dotted}: expected --section.field=value")
+    node = tree.setdefault(section, {})
+    if not isinstance(node, dict):
+        raise ConfigError(f"--{dotted}: {section} is not a section")
+    node[field] = value
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"{where}: unknown setting"
+    got = first.get("input")
+    suffix = f" (got {got!r})" if where and not isinstance(got, dict) else ""
+    return f"{where}: {msg}{suffix}" if where else msg
+
+
+def load_experiment(config: str | None = None, overrides: dict[str, Any] | None = None) -> Experiment:
+    """Build an Experiment from a preset name or YAML path plus dotted overrides; ConfigError if invalid."""
+    tree = _read_yaml(config) if config else {}
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(tree, dotted, _parse_value(value) if isinstance(value, str) else value)
+    try:
+        return Experiment.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e)) from None
+
+
+def to_yaml(exp: Experiment) -> str:
+    return yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False)
+
+
+def flat(exp: Experiment) -> dict[str, Any]:
+    """Dotted view (``kl.mode``) used for W&B config, so sweep parameters and config keys coincide."""
+    return {f"{s}.{k}": v for s, sec in exp.model_dump(mode="json").items() for k, v in sec.items()}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad arguments in one line (exit 2), as every project error does."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--section.field`` option per Experiment field, its help the field's description and default."""
+    parser.add_argument("--config", help=f"preset ({', '.join(PRESETS)}) or YAML file; overrides go on top")
+    for section_name, section_field in Experiment.model_fields.items():
+        group = parser.add_argument_group(section_name)
+        for name, field in section_field.annotation.model_fields.items():
+            default = field.default_factory() if field.default_factory else field.default
+            group.add_argument(
+                f"--{section_name}.{name}",
+                dest=f"{section_name}.{name}",
+                metavar="V",
+                default=argparse.SUPPRESS,
+                help=f"{field.description} (default: {default})",
+            )
+
+
+def experiment_from_args(args: argparse.Namespace) -> Experiment:
+    overrides = {k: v for k, v in vars(args).items() if "." in k}
+    return load_experiment(args.config, overrides)

@@ -1,0 +1,217 @@
+"""Official BAIR robot pushing (softmotion30_44k TFRecords) to the course layout or the packed cache.
+
+SRC holds train/ and test/ with traj_<a>_to_<b>.tfrecords files of up to 256 sequences. Per step
+i = 0..29 a record has `i/image_aux1/encoded` (raw 64x64x3 bytes), `i/image_main/encoded`,
+`i/action` (4 floats) and `i/endeffector_pos` (3 floats). Frames come from image_aux1, the camera
+the course data uses, stored as the recorded uint8 bytes (no rescaling); conditions are action
+followed by end-effector position, as float32, unchanged.
+
+Validation rule: the train files, sorted by name, are permuted by numpy's default_rng(seed); the first
+round(val_fraction * n_files) of that order (at least one, at most all but one) go to validate/ as
+whole files, so no file is split between train and validate. A sequence keeps its file's stem as
+trajectory and its record index as seq: ROOT/validate/traj_0_to_255/17/.
+
+Resumable: a sequence is written to a temp folder and renamed; a finished file gets a `.complete`
+marker and is skipped next time. With pack=True the arrays go straight into ROOT/.cache, and a
+progress file lets an interrupted run skip the files already written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from tfrecord.reader import tfrecord_loader
+
+from svg.data import cache
+from svg.data.course import ACTION_DIM, FRAME_SHAPE, POSITION_DIM, SEQ_LEN, natural_key, write_sequence
+from svg.data.errors import DataError
+
+IMAGE_KEY = "{}/image_aux1/encoded"
+ACTION_KEY = "{}/action"
+POSITION_KEY = "{}/endeffector_pos"
+_DESCRIPTION = {
+    key.format(i): kind
+    for i in range(SEQ_LEN)
+    for key, kind in ((IMAGE_KEY, "byte"), (ACTION_KEY, "float"), (POSITION_KEY, "float"))
+}
+_COMPLETE = ".complete"
+_SETTINGS = ".bair.json"
+_FRAME_BYTES = int(np.prod(FRAME_SHAPE))
+
+
+def split_files(src: Path, val_fraction: float, seed: int) -> dict[str, list[Path]]:
+    """The files of each output split, by the validation rule in the module docstring."""
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    found = {}
+    for part in ("train", "test"):
+        folder = src / part
+        files = sorted(folder.glob("*.tfrecords"), key=lambda p: natural_key(p.name))
+        if not files:
+            raise DataError(f"{folder}: no *.tfrecords files (expected SRC/{part}/traj_<a>_to_<b>.tfrecords)")
+        found[part] = files
+    train = found["train"]
+    n_val = 0
+    if val_fraction > 0:
+        if len(train) < 2:
+            raise DataError(f"{src / 'train'}: one file cannot be split into train and validate "
+                            "(validation holds out whole files; use --val-fraction 0)")
+        n_val = min(len(train) - 1, max(1, round(val_fraction * len(train))))
+    held_out = set(np.random.default_rng(seed).permutation(len(train))[:n_val].tolist())
+    return {
+        "train": [f for i, f in enumerate(train) if i not in held_out],
+        "validate": [f for i, f in enumerate(train) if i in held_out],
+        "test": found["test"],
+    }
+
+
+def _decode(record: dict, path: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
+    frames = np.empty((SEQ_LEN, *FRAME_SHAPE), np.uint8)
+    conditions = np.empty((SEQ_LEN, ACTION_DIM + POSITION_DIM), np.float32)
+    for i in range(SEQ_LEN):
+        image, action, position = (record[key.format(i)] for key in (IMAGE_KEY, ACTION_KEY, POSITION_KEY))
+        if not isinstance(image, bytes) or len(image) != _FRAME_BYTES:
+            raise DataError(f"{path}: record {k} step {i}: image is not {_FRAME_BYTES} raw bytes (64x64x3)")
+        if len(action) != ACTION_DIM or len(position) != POSITION_DIM:
+            raise DataError(f"{path}: record {k} step {i}: action/endeffector_pos of length "
+                            f"{len(action)}/{len(position)}, expected {ACTION_DIM}/{POSITION_DIM}")
+        frames[i] = np.frombuffer(image, np.uint8).reshape(FRAME_SHAPE)
+        conditions[i, :ACTION_DIM], conditions[i, ACTION_DIM:] = action, position
+    if not np.isfinite(conditions).all():
+        raise DataError(f"{path}: record {k} has NaN or inf in its action or endeffector_pos")
+    return frames, conditions
+
+
+def read_records(path: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(frames, conditions) of each record in a file, in file order."""
+    records = tfrecord_loader(str(path), None, _DESCRIPTION)
+    k = 0
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            return
+        # The reader raises RuntimeError (truncation), KeyError (missing step), TypeError, protobuf errors.
+        except Exception as e:
+            raise DataError(f"{path}: record {k} unreadable ({type(e).__name__}: {e})") from None
+        yield _decode(record, path, k)
+        k += 1
+
+
+def count_records(path: Path) -> int:
+    """Records in a TFRecord file, from the length fields alone (no parsing)."""
+    size, n, offset = path.stat().st_size, 0, 0
+    with open(path, "rb") as f:
+        while offset < size:
+            header = f.read(12)  # length (8 bytes) and its CRC (4); then data and the data's CRC (4)
+            if len(header) == 12:
+                offset += 12 + int.from_bytes(header[:8], "little") + 4
+            if len(header) < 12 or offset > size:
+                raise DataError(f"{path}: truncated TFRecord (record {n} is cut off)")
+            f.seek(offset)
+            n += 1
+    return n
+
+
+def _convert_file(job: tuple[Path, Path]) -> int:
+    split_dir, path = job
+    trajectory = split_dir / path.stem
+    trajectory.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for n, (frames, conditions) in enumerate(read_records(path), 1):
+        seq_dir = trajectory / str(n - 1)
+        if not seq_dir.exists():
+            write_sequence(seq_dir, frames, conditions[:, :ACTION_DIM], conditions[:, ACTION_DIM:])
+    (trajectory / _COMPLETE).touch()
+    return n
+
+
+def _pack_file(job: tuple[Path, int, int, Path, Path]) -> str:
+    path, offset, count, frames_tmp, conditions_tmp = job
+    frames_out = np.load(frames_tmp, mmap_mode="r+")
+    conditions_out = np.load(conditions_tmp, mmap_mode="r+")
+    n = 0
+    for n, (frames, conditions) in enumerate(read_records(path), 1):
+        if n > count:
+            break
+        frames_out[offset + n - 1], conditions_out[offset + n - 1] = frames, conditions
+    if n != count:
+        raise DataError(f"{path}: {n} readable records, but its length fields say {count}")
+    frames_out.flush()
+    conditions_out.flush()
+    return path.name
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """Refuse to resume into a folder converted with another seed or validation fraction."""
+    path = out / _SETTINGS
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != settings:
+            raise DataError(f"{path}: {out} was converted with {previous}, not {settings}; "
+                            "use the same --seed/--val-fraction or another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1))
+
+
+def _write_layout(out: Path, files: dict[str, list[Path]], workers: int, progress: bool) -> dict[str, int]:
+    jobs = [(out / split, path) for split, paths in files.items() for path in paths]
+    todo = [job for job in jobs if not (job[0] / job[1].stem / _COMPLETE).exists()]
+    bar = cache.progress_bar(progress, len(jobs), "convert", "file", initial=len(jobs) - len(todo))
+    with cache.pool_context().Pool(workers) as pool, bar:
+        for _ in pool.imap_unordered(_convert_file, todo):
+            bar.update()
+    return {split: sum(len(list((out / split / p.stem).glob("[0-9]*"))) for p in paths)
+            for split, paths in files.items()}
+
+
+def _pack_split(out: Path, split: str, paths: list[Path], workers: int, progress: bool) -> int:
+    counts = [count_records(p) for p in paths]
+    total = sum(counts)
+    if total == 0:
+        raise DataError(f"{paths[0].parent}: the {split} files hold no records")
+    frames_path, conditions_path, _ = cache.cache_paths(out, split)
+    state_path = frames_path.with_name(f"{split}_progress.json")
+    plan = {"files": [str(p) for p in paths], "counts": counts}
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    frames_tmp, conditions_tmp = (p.with_name(p.name + ".tmp") for p in (frames_path, conditions_path))
+    if state.get("plan") == plan and frames_tmp.exists() and conditions_tmp.exists():
+        done = state["done"]
+    else:
+        frames_tmp, conditions_tmp = cache.begin(out, split, total, SEQ_LEN)
+        done = []
+    offsets = np.cumsum([0, *counts[:-1]]).tolist()
+    jobs = [(p, o, c, frames_tmp, conditions_tmp)
+            for p, o, c in zip(paths, offsets, counts, strict=True) if p.name not in done]
+    bar = cache.progress_bar(progress, len(paths), f"pack {split}", "file", initial=len(paths) - len(jobs))
+    with cache.pool_context().Pool(workers) as pool, bar:
+        for name in pool.imap_unordered(_pack_file, jobs):
+            done.append(name)
+            tmp = state_path.with_name(state_path.name + ".tmp")
+            tmp.write_text(json.dumps({"plan": plan, "done": done}))
+            os.replace(tmp, state_path)
+            bar.update()
+    count = cache.commit(out, split, None, origin="tfrecord")
+    state_path.unlink()
+    return count
+
+
+def convert(
+    src: str | Path, out: str | Path, val_fraction: float = 0.05, seed: int = 0, pack: bool = False,
+    workers: int | None = None, progress: bool = True,
+) -> dict[str, int]:
+    """Convert SRC (train/, test/ of TFRecords) into ROOT=out; returns sequences per split."""
+    src, out = Path(src), Path(out)
+    files = split_files(src, val_fraction, seed)
+    _check_settings(out, {"seed": seed, "val_fraction": val_fraction,
+                          "validate_files": [p.name for p in files["validate"]]})
+    workers = workers or os.cpu_count() or 1
+    if pack:
+        return {split: _pack_split(out, split, paths, workers, progress)
+                for split, paths in files.items() if paths}
+    return _write_layout(out, files, workers, progress)

@@ -1,0 +1,120 @@
+"""What the trainer calls: open a split (the packed cache when present, else the PNGs) and iterate batches.
+
+Training order is a pure function of (seed, epoch): epoch e shuffles with numpy's default_rng([seed, e])
+and deals the permutation out to the ranks, so resuming at any batch costs nothing and DDP ranks
+see disjoint sequences in equal numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from svg.data.cache import open_cache
+from svg.data.course import SEQ_LEN, SPLITS, CourseDataset
+from svg.data.errors import DataError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def open_split(
+    root: str | Path, split: str, seq_len: int = SEQ_LEN, skip_bad: bool = False
+) -> torch.utils.data.Dataset:
+    """A split of ROOT; item i -> (frames uint8 (seq_len, 64, 64, 3), conditions float32 (seq_len, 7)).
+
+    Validates on open (missing split, empty split, short sequences, bad PNG headers, bad CSVs, NaN/inf)
+    and raises DataError naming the path; skip_bad=True skips bad sequences with a warning each instead.
+    """
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data.root: {root} does not exist or is not a folder")
+    cached = open_cache(root, split, seq_len, skip_bad)
+    return cached if cached is not None else CourseDataset(root / split, seq_len, skip_bad)
+
+
+def _fetch(dataset: torch.utils.data.Dataset, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    get_batch = getattr(dataset, "get_batch", None)
+    if get_batch is not None:
+        return get_batch(indices)
+    items = [dataset[int(i)] for i in indices]
+    return np.stack([f for f, _ in items]), np.stack([c for _, c in items])
+
+
+def _as_tensors(batch: tuple[np.ndarray, np.ndarray]) -> Batch:
+    frames, conditions = batch
+    return torch.from_numpy(frames), torch.from_numpy(conditions)
+
+
+class _ByBatch(torch.utils.data.Dataset):
+    """Lets a DataLoader worker fetch a whole batch per call (one sorted memmap gather, not B reads)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _fetch(self.dataset, indices)
+
+
+def _load(
+    dataset: torch.utils.data.Dataset, index_batches: Iterable[np.ndarray], num_workers: int
+) -> Iterator[Batch]:
+    if num_workers == 0:
+        for indices in index_batches:
+            yield _as_tensors(_fetch(dataset, indices))
+        return
+    loader = torch.utils.data.DataLoader(
+        _ByBatch(dataset), batch_size=None, sampler=index_batches, num_workers=num_workers,
+        collate_fn=_as_tensors,
+    )
+    yield from loader
+
+
+def train_order(n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                start_batch: int = 0) -> Iterator[np.ndarray]:
+    """Endless index batches of one rank; batch k is the same whether or not batches 0..k-1 were drawn."""
+    per_rank = n // world_size
+    per_epoch = per_rank // batch_size
+    if per_epoch == 0:
+        raise DataError(f"data: {n} training sequences cannot fill one batch of {batch_size} "
+                        f"on each of {world_size} rank(s)")
+
+    def batches() -> Iterator[np.ndarray]:
+        epoch, first = divmod(start_batch, per_epoch)
+        while True:
+            order = np.random.default_rng([seed, epoch]).permutation(n)
+            mine = order[rank : per_rank * world_size : world_size]
+            for b in range(first, per_epoch):
+                yield mine[b * batch_size : (b + 1) * batch_size]
+            epoch, first = epoch + 1, 0
+
+    return batches()
+
+
+def train_batches(
+    dataset: torch.utils.data.Dataset, batch_size: int, seed: int, num_workers: int = 0,
+    rank: int = 0, world_size: int = 1, start_batch: int = 0,
+) -> Iterator[Batch]:
+    """Endless random batches (frames uint8 (B, T, 64, 64, 3), conditions float32 (B, T, 7)), drop_last.
+
+    Reproducible from seed; start_batch=k yields what the stream would yield after k batches (resume);
+    with world_size > 1 each rank gets a disjoint share of every epoch and the same number of batches.
+    """
+    if not 0 <= rank < world_size:
+        raise DataError(f"rank {rank} outside world_size {world_size}")
+    order = train_order(len(dataset), batch_size, seed, rank, world_size, start_batch)
+    return _load(dataset, order, num_workers)
+
+
+def eval_batches(
+    dataset: torch.utils.data.Dataset, batch_size: int, limit: int | None = None, num_workers: int = 0
+) -> Iterator[Batch]:
+    """The first `limit` sequences (all when None) in order, the last batch possibly smaller."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    order = [np.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    return _load(dataset, order, num_workers)

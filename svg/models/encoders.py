@@ -1,0 +1,152 @@
+"""Frame encoders and decoders for 64x64 RGB frames: the seed's VGG pair and a lighter DCGAN pair.
+
+Both encoders map frames (N, 3, 64, 64) to (h (N, g_dim), [skip 64/32px, 32/16px, 16/8px, 8/4px]); both
+decoders map (g (N, g_dim), skips) back to frames in [0, 1]. The trainer encodes the frames of many
+time steps as one batch; ``StepBatchNorm2d`` keeps the batch statistics per time step, so a batched
+call computes exactly what one call per step would.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+class StepBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are taken per time step when frames of ``steps`` steps
+    are stacked along the batch (step-major). With steps == 1 it is plain BatchNorm2d."""
+
+    steps: int = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.steps == 1:
+            return super().forward(x)
+        n, c, h, w = x.shape
+        xs = x.view(self.steps, n // self.steps, c, h, w)
+        stats_input = xs.float() if xs.dtype in (torch.float16, torch.bfloat16) else xs
+        var, mean = torch.var_mean(stats_input, dim=(1, 3, 4), keepdim=True, unbiased=False)
+        scale = self.weight.view(1, 1, c, 1, 1) * torch.rsqrt(var + self.eps)
+        shift = self.bias.view(1, 1, c, 1, 1) - mean * scale
+        out = (xs * scale.to(x.dtype) + shift.to(x.dtype)).view(n, c, h, w)
+        with torch.no_grad():
+            count = n // self.steps * h * w
+            self.running_mean.lerp_(mean.mean(0).flatten().to(self.running_mean.dtype), self.momentum)
+            unbiased = var.mean(0).flatten() * count / max(count - 1, 1)
+            self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+            self.num_batches_tracked += 1
+        return out
+
+
+@contextmanager
+def per_step_statistics(module: nn.Module, steps: int):
+    """Within the block, every StepBatchNorm2d in ``module`` treats its batch as ``steps`` time steps."""
+    layers = [m for m in module.modules() if isinstance(m, StepBatchNorm2d)]
+    for m in layers:
+        m.steps = steps
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.steps = 1
+
+
+def _vgg_layer(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1), StepBatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
+
+
+class VGGEncoder(nn.Module):
+    def __init__(self, g_dim: int, channels: int = 64):
+        super().__init__()
+        c = channels
+        self.blocks = nn.ModuleList(
+            [
+                nn.Sequential(_vgg_layer(3, c), _vgg_layer(c, c)),
+                nn.Sequential(_vgg_layer(c, 2 * c), _vgg_layer(2 * c, 2 * c)),
+                nn.Sequential(*(_vgg_layer(2 * c if i == 0 else 4 * c, 4 * c) for i in range(3))),
+                nn.Sequential(*(_vgg_layer(4 * c if i == 0 else 8 * c, 8 * c) for i in range(3))),
+            ]
+        )
+        self.head = nn.Sequential(nn.Conv2d(8 * c, g_dim, 4, 1, 0), StepBatchNorm2d(g_dim), nn.Tanh())
+        self.pool = nn.MaxPool2d(2, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        skips = []
+        for i, block in enumerate(self.blocks):
+            x = block(x if i == 0 else self.pool(x))
+            skips.append(x)
+        return self.head(self.pool(x)).flatten(1), skips
+
+
+class VGGDecoder(nn.Module):
+    def __init__(self, g_dim: int, channels: int = 64):
+        super().__init__()
+        c = channels
+        self.head = nn.Sequential(
+            nn.ConvTranspose2d(g_dim, 8 * c, 4, 1, 0), StepBatchNorm2d(8 * c), nn.LeakyReLU(0.2, inplace=True)
+        )
+        self.blocks = nn.ModuleList(
+            [
+                nn.Sequential(_vgg_layer(16 * c, 8 * c), _vgg_layer(8 * c, 8 * c), _vgg_layer(8 * c, 4 * c)),
+                nn.Sequential(_vgg_layer(8 * c, 4 * c), _vgg_layer(4 * c, 4 * c), _vgg_layer(4 * c, 2 * c)),
+                nn.Sequential(_vgg_layer(4 * c, 2 * c), _vgg_layer(2 * c, c)),
+                nn.Sequential(_vgg_layer(2 * c, c), nn.ConvTranspose2d(c, 3, 3, 1, 1), nn.Sigmoid()),
+            ]
+        )
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+
+    def forward(self, g: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        d = self.head(g[:, :, None, None])
+        for block, skip in zip(self.blocks, reversed(skips), strict=True):
+            d = block(torch.cat([self.up(d), skip], 1))
+        return d
+
+
+def _down(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1), StepBatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
+
+
+def _up(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, 2, 1), StepBatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
+
+
+class DCGANEncoder(nn.Module):
+    def __init__(self, g_dim: int, channels: int = 64):
+        super().__init__()
+        c = channels
+        self.blocks = nn.ModuleList([_down(3, c), _down(c, 2 * c), _down(2 * c, 4 * c), _down(4 * c, 8 * c)])
+        self.head = nn.Sequential(nn.Conv2d(8 * c, g_dim, 4, 1, 0), StepBatchNorm2d(g_dim), nn.Tanh())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        skips = []
+        for block in self.blocks:
+            x = block(x)
+            skips.append(x)
+        return self.head(x).flatten(1), skips
+
+
+class DCGANDecoder(nn.Module):
+    def __init__(self, g_dim: int, channels: int = 64):
+        super().__init__()
+        c = channels
+        self.head = nn.Sequential(
+            nn.ConvTranspose2d(g_dim, 8 * c, 4, 1, 0), StepBatchNorm2d(8 * c), nn.LeakyReLU(0.2, inplace=True)
+        )
+        self.blocks = nn.ModuleList(
+            [
+                _up(16 * c, 4 * c),
+                _up(8 * c, 2 * c),
+                _up(4 * c, c),
+                nn.Sequential(nn.ConvTranspose2d(2 * c, 3, 4, 2, 1), nn.Sigmoid()),
+            ]
+        )
+
+    def forward(self, g: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        d = self.head(g[:, :, None, None])
+        for block, skip in zip(self.blocks, reversed(skips), strict=True):
+            d = block(torch.cat([d, skip], 1))
+        return d
+
+
+ARCHITECTURES = {"vgg64": (VGGEncoder, VGGDecoder), "dcgan64": (DCGANEncoder, DCGANDecoder)}

@@ -1,0 +1,49 @@
+"""The seed's training step, one frame at a time: the encoder runs on the target and on the input
+frame at every step, the decoder once per step, in fp32.
+
+Kept as the yardstick: tests check that ``SVG.training_step`` computes the same loss and gradients,
+and the benchmark measures how much faster that step is.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from svg.losses import reconstruction
+from svg.models.lstm import reparameterize
+from svg.models.svg import SVG, StepResult
+
+
+def reference_step(
+    model: SVG, x: torch.Tensor, cond: torch.Tensor, n_past: int, teacher_forcing: bool, eps: torch.Tensor
+) -> StepResult:
+    steps, batch = x.shape[0], x.shape[1]
+    post_state = model.posterior.initial_state(batch, x.device)
+    pred_state = model.predictor.initial_state(batch, x.device)
+    prior_state = model.prior.initial_state(batch, x.device) if model.prior else None
+    mse = x.new_zeros(())
+    kls, preds = [], []
+    x_pred, skip = None, None
+    for t in range(1, steps):
+        h_target = model.encoder(x[t])[0]
+        given = teacher_forcing or t - 1 < n_past
+        x_in = x[t - 1] if given else x_pred
+        h_prev, own_skip = model.encoder(x_in)
+        if model.last_frame_skip or t - 1 < n_past:
+            skip = own_skip
+        mu, logvar, post_state = model.posterior(h_target, post_state)
+        kl, prior_state = model._kl(mu, logvar, h_prev, prior_state)
+        kls.append(kl)
+        z = reparameterize(mu, logvar, eps[t - 1])
+        g, pred_state = model.predictor(torch.cat([cond[t], h_prev, z], 1), pred_state)
+        x_pred = model.decoder(g, skip)
+        preds.append(x_pred)
+        mse = mse + reconstruction(x_pred, x[t])
+    kl_all = torch.stack(kls).float()
+    return StepResult(
+        mse=mse,
+        kld=kl_all.sum(2).mean(1).sum(),
+        kld_per_dim=kl_all.detach().mean((0, 1)),
+        pred=torch.stack(preds).detach(),
+        steps=steps - 1,
+    )

@@ -1,0 +1,177 @@
+"""The SVG conditional VAE: encoder, posterior (and learned prior), frame predictor, decoder.
+
+Sequences are time-major: frames (T, B, 3, 64, 64) in [0, 1], conditions (T, B, 7). Step t predicts
+x_t from the input frame x_{t-1} (ground truth or the model's own x̂_{t-1}), the condition c_t and
+z_t. Context frames x_0..x_{n_past-1} are always ground truth. Decoder skips come from the last
+context frame x_{n_past-1} (the seed's text; its code used x_{n_past-2}) or, with
+``last_frame_skip``, from the latest input frame.
+
+The training step does each piece of work once: every ground-truth frame is encoded once, in one
+batch over time; with teacher forcing the decoder also runs once over all steps. Only the path
+that feeds the model its own predictions is sequential. ``svg.models.reference`` keeps the seed's
+per-frame step, which this one must match in fp32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from svg.config import COND_DIM, Model
+from svg.losses import kl_between_gaussians, kl_to_standard_normal, reconstruction
+from svg.models.encoders import ARCHITECTURES, per_step_statistics
+from svg.models.lstm import FramePredictor, GaussianLSTM, reparameterize
+
+
+@dataclass
+class StepResult:
+    mse: torch.Tensor
+    """Sum over predicted steps of the per-step pixel MSE (differentiable)."""
+    kld: torch.Tensor
+    """Sum over steps of the per-step KL (summed over z, averaged over the batch; differentiable)."""
+    kld_per_dim: torch.Tensor
+    """(z_dim,) KL per latent dimension averaged over steps and batch, detached."""
+    pred: torch.Tensor
+    """(T-1, B, 3, 64, 64) predictions of x_1..x_{T-1}, detached."""
+    steps: int
+
+
+class SVG(nn.Module):
+    def __init__(self, cfg: Model):
+        super().__init__()
+        encoder, decoder = ARCHITECTURES[cfg.encoder]
+        self.encoder = encoder(cfg.g_dim, cfg.channels)
+        self.decoder = decoder(cfg.g_dim, cfg.channels)
+        self.predictor = FramePredictor(COND_DIM + cfg.g_dim + cfg.z_dim, cfg.g_dim, cfg.rnn_size, cfg.predictor_layers)
+        self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
+        self.prior = (
+            GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers) if cfg.prior == "learned" else None
+        )
+        self.z_dim = cfg.z_dim
+        self.last_frame_skip = cfg.last_frame_skip
+        self.channels_last = False
+
+    def _image(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def encode_steps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Encode (T, B, 3, H, W) as one batch, statistics per step: h (T, B, g), skips (T, B, C, h, w)."""
+        t, b = x.shape[:2]
+        with per_step_statistics(self.encoder, t):
+            h, skips = self.encoder(self._image(x.flatten(0, 1)))
+        return h.view(t, b, -1), [s.view(t, b, *s.shape[1:]) for s in skips]
+
+    def decode_steps(self, g: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """Decode (T, B, g) with skips (T, B, C, h, w) as one batch, statistics per step."""
+        t, b = g.shape[:2]
+        with per_step_statistics(self.decoder, t):
+            out = self.decoder(g.flatten(0, 1), [s.flatten(0, 1) for s in skips])
+        return out.view(t, b, *out.shape[1:])
+
+    def skip_source(self, t: int, n_past: int) -> int:
+        """Index of the input frame whose skips step t uses, when skips come from ground truth."""
+        return t - 1 if self.last_frame_skip else min(t - 1, n_past - 1)
+
+    def _kl(self, mu, logvar, h_prev, prior_state):
+        if self.prior is None:
+            return kl_to_standard_normal(mu, logvar), prior_state
+        mu_p, logvar_p, prior_state = self.prior(h_prev, prior_state)
+        return kl_between_gaussians(mu, logvar, mu_p, logvar_p), prior_state
+
+    def training_step(
+        self, x: torch.Tensor, cond: torch.Tensor, n_past: int, teacher_forcing: bool, eps: torch.Tensor
+    ) -> StepResult:
+        """Run one training sequence; ``eps`` (T-1, B, z_dim) is the reparameterization noise."""
+        steps, batch = x.shape[0], x.shape[1]
+        h_gt, skips_gt = self.encode_steps(x)
+        post_state = self.posterior.initial_state(batch, x.device)
+        pred_state = self.predictor.initial_state(batch, x.device)
+        prior_state = self.prior.initial_state(batch, x.device) if self.prior else None
+        mse = x.new_zeros(())
+        kls, preds = [], []
+
+        if teacher_forcing:
+            gs = []
+            for t in range(1, steps):
+                mu, logvar, post_state = self.posterior(h_gt[t], post_state)
+                kl, prior_state = self._kl(mu, logvar, h_gt[t - 1], prior_state)
+                kls.append(kl)
+                z = reparameterize(mu, logvar, eps[t - 1])
+                g, pred_state = self.predictor(torch.cat([cond[t], h_gt[t - 1], z], 1), pred_state)
+                gs.append(g)
+            index = torch.tensor([self.skip_source(t, n_past) for t in range(1, steps)], device=x.device)
+            pred = self.decode_steps(torch.stack(gs), [s.index_select(0, index) for s in skips_gt])
+            for t in range(1, steps):
+                mse = mse + reconstruction(pred[t - 1], x[t])
+            preds = list(pred)
+        else:
+            x_prev, skip = x[0], [s[0] for s in skips_gt]
+            for t in range(1, steps):
+                if t - 1 < n_past:
+                    h_prev = h_gt[t - 1]
+                    skip = [s[t - 1] for s in skips_gt]
+                else:
+                    h_prev, own_skip = self.encoder(self._image(x_prev))
+                    if self.last_frame_skip:
+                        skip = own_skip
+                mu, logvar, post_state = self.posterior(h_gt[t], post_state)
+                kl, prior_state = self._kl(mu, logvar, h_prev, prior_state)
+                kls.append(kl)
+                z = reparameterize(mu, logvar, eps[t - 1])
+                g, pred_state = self.predictor(torch.cat([cond[t], h_prev, z], 1), pred_state)
+                x_prev = self.decoder(g, skip)
+                preds.append(x_prev)
+                mse = mse + reconstruction(x_prev, x[t])
+
+        kl_all = torch.stack(kls).float()  # (T-1, B, z)
+        return StepResult(
+            mse=mse,
+            kld=kl_all.sum(2).mean(1).sum(),
+            kld_per_dim=kl_all.detach().mean((0, 1)),
+            pred=torch.stack(preds).detach(),
+            steps=steps - 1,
+        )
+
+    forward = training_step
+    """``forward`` is the training step, so DistributedDataParallel can wrap the model."""
+
+    @torch.no_grad()
+    def predict(
+        self, x: torch.Tensor, cond: torch.Tensor, n_past: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Sample x̂_{n_past}..x̂_{T-1} given the context x[:n_past] and all T conditions; z from the prior.
+
+        During the context steps z comes from the posterior on the known frames (as in SVG) so the
+        LSTMs start from the context. Call with the model in eval mode.
+        """
+        total, batch = cond.shape[0], cond.shape[1]
+        h_ctx, skips_ctx = self.encode_steps(x[:n_past])
+        post_state = self.posterior.initial_state(batch, x.device)
+        pred_state = self.predictor.initial_state(batch, x.device)
+        prior_state = self.prior.initial_state(batch, x.device) if self.prior else None
+        x_prev, skip, outputs = None, None, []
+        for t in range(1, total):
+            if t - 1 < n_past:
+                h_prev = h_ctx[t - 1]
+                skip = [s[t - 1] for s in skips_ctx]
+            else:
+                h_prev, own_skip = self.encoder(self._image(x_prev))
+                if self.last_frame_skip:
+                    skip = own_skip
+            if self.prior is not None:
+                mu_p, logvar_p, prior_state = self.prior(h_prev, prior_state)
+            if t < n_past:
+                mu, logvar, post_state = self.posterior(h_ctx[t], post_state)
+            elif self.prior is not None:
+                mu, logvar = mu_p, logvar_p
+            else:
+                mu = logvar = torch.zeros(batch, self.z_dim, device=x.device, dtype=h_prev.dtype)
+            noise = torch.randn(mu.shape, generator=generator, device=x.device)
+            z = reparameterize(mu, logvar, noise.to(mu.dtype))
+            g, pred_state = self.predictor(torch.cat([cond[t], h_prev, z], 1), pred_state)
+            if t >= n_past:
+                x_prev = self.decoder(g, skip)
+                outputs.append(x_prev.float())
+        return torch.stack(outputs)

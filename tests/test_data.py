@@ -1,0 +1,333 @@
+"""Data layer: exact conversion and packing, loader validation, synthetic data, batch order."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from tfrecord.writer import TFRecordWriter
+
+from svg.data import DataError, DataWarning, convert_tfrecords, ensure_synthetic, open_split, pack
+from svg.data.cache import CacheDataset
+from svg.data.course import CourseDataset, encode_png, write_sequence
+from svg.data.loaders import eval_batches, train_batches
+from svg.data.synthetic import FINGER_GREY, generate_sequence
+
+REPO = Path(__file__).resolve().parents[1]
+PREPARE = REPO / "entrypoints" / "prepare_data.py"
+
+
+def _sequence(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    frames = rng.integers(0, 256, (30, 64, 64, 3), dtype=np.uint8)
+    scale = np.float32(10) ** rng.integers(-3, 3, (30, 7))  # exercise digits across magnitudes
+    return frames, (rng.standard_normal((30, 7)) * scale).astype(np.float32)
+
+
+def _tree(root: Path, counts: dict[str, int], seed: int = 0) -> dict[str, list]:
+    """A course-layout tree of random sequences; returns what was written, in loader order."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for split, n in counts.items():
+        written[split] = [_sequence(rng) for _ in range(n)]
+        for k, (frames, conditions) in enumerate(written[split]):
+            seq_dir = root / split / f"traj_{k // 2}" / str(k % 2)
+            write_sequence(seq_dir, frames, conditions[:, :4], conditions[:, 4:])
+    return written
+
+
+def _assert_same(dataset, expected: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    assert len(dataset) == len(expected)
+    for i, (frames, conditions) in enumerate(expected):
+        got_frames, got_conditions = dataset[i]
+        assert got_frames.dtype == np.uint8 and got_conditions.dtype == np.float32
+        assert np.array_equal(got_frames, frames), i
+        assert np.array_equal(got_conditions, conditions), i
+
+
+def _run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess]:
+    """Run CLI commands concurrently (each pays the torch import once)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c in commands]
+    outputs = [p.communicate() for p in procs]
+    return [subprocess.CompletedProcess(c, p.returncode, *out)
+            for c, p, out in zip(commands, procs, outputs, strict=True)]
+
+
+def test_png_encoder_is_lossless():
+    frame = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert np.array_equal(iio.imread(encode_png(frame), extension=".png"), frame)
+
+
+def test_course_layout_pack_and_loaders_round_trip_bit_exactly(tmp_path):
+    written = _tree(tmp_path, {"train": 5, "validate": 3, "test": 2})
+    for split, expected in written.items():
+        dataset = open_split(tmp_path, split)
+        assert isinstance(dataset, CourseDataset)
+        _assert_same(dataset, expected)
+
+    (done,) = _run_all([[sys.executable, str(PREPARE), "pack", str(tmp_path), "--workers", "2"]])
+    assert done.returncode == 0, done.stderr
+    for split, expected in written.items():
+        dataset = open_split(tmp_path, split)
+        assert isinstance(dataset, CacheDataset)
+        _assert_same(dataset, expected)
+        picks = np.array([2, 0, 1, 0]) % len(expected)
+        frames, conditions = dataset.get_batch(picks)
+        for row, i in enumerate(picks):
+            assert np.array_equal(frames[row], expected[i][0])
+            assert np.array_equal(conditions[row], expected[i][1])
+
+    short = open_split(tmp_path, "train", seq_len=12)
+    assert short[4][0].shape == (12, 64, 64, 3) and np.array_equal(short[4][1], written["train"][4][1][:12])
+    batches = list(eval_batches(open_split(tmp_path, "train"), batch_size=2))
+    assert [len(f) for f, _ in batches] == [2, 2, 1]
+    expected = torch.from_numpy(np.stack([f for f, _ in written["train"]]))
+    assert torch.equal(torch.cat([f for f, _ in batches]), expected)
+
+
+def test_changed_source_makes_the_cache_stale(tmp_path):
+    written = _tree(tmp_path, {"train": 2, "validate": 1, "test": 1})
+    pack(tmp_path, workers=1, progress=False)
+    frames, conditions = _sequence(np.random.default_rng(9))
+    write_sequence(tmp_path / "train" / "traj_1" / "0", frames, conditions[:, :4], conditions[:, 4:])
+    with pytest.warns(DataWarning, match="cache differs"):
+        dataset = open_split(tmp_path, "train")
+    _assert_same(dataset, [*written["train"], (frames, conditions)])
+    pack(tmp_path, ("train",), workers=1, progress=False)
+    assert isinstance(open_split(tmp_path, "train"), CacheDataset)
+
+
+def _break(root: Path, case: str) -> str:
+    """Damage a valid tree the way `case` says; returns the path the error must name."""
+    seq = root / "train" / "traj_0" / "1"
+    if case == "missing split":
+        os.rename(root / "validate", root / "old")
+        return str(root / "validate")
+    if case == "empty dataset":
+        for child in (root / "test").iterdir():
+            os.rename(child, root / child.name)
+        return str(root / "test")
+    if case == "too few frames":
+        (seq / "29.png").unlink()
+        return str(seq)
+    if case == "truncated png":
+        data = (seq / "5.png").read_bytes()
+        (seq / "5.png").write_bytes(data[: len(data) // 2])
+        return str(seq / "5.png")
+    if case == "corrupt png data":
+        data = bytearray((seq / "6.png").read_bytes())
+        data[60:400] = bytes(340)
+        (seq / "6.png").write_bytes(bytes(data))
+        return str(seq / "6.png")
+    if case == "non-64x64 png":
+        iio.imwrite(seq / "3.png", np.zeros((32, 48, 3), np.uint8), extension=".png")
+        return str(seq / "3.png")
+    if case == "csv column count":
+        (seq / "actions.csv").write_text("1,2,3\n" * 30)
+        return str(seq / "actions.csv")
+    if case == "nan in conditions":
+        lines = (seq / "endeffector_positions.csv").read_text().splitlines()
+        lines[7] = "0.5,nan,0.1"
+        (seq / "endeffector_positions.csv").write_text("\n".join(lines) + "\n")
+        return str(seq / "endeffector_positions.csv")
+    raise AssertionError(case)
+
+
+BAD_CASES = ["missing split", "empty dataset", "too few frames", "truncated png", "corrupt png data",
+             "non-64x64 png", "csv column count", "nan in conditions"]
+
+
+def test_each_bad_data_case_exits_2_naming_the_file(tmp_path):
+    commands, expected = [], []
+    for n, case in enumerate(BAD_CASES):
+        root = tmp_path / f"case{n}"
+        _tree(root, {"train": 3, "validate": 1, "test": 1})
+        expected.append(_break(root, case))
+        commands.append([sys.executable, str(PREPARE), "pack", str(root), "--workers", "1"])
+    for case, path, done in zip(BAD_CASES, expected, _run_all(commands), strict=True):
+        assert done.returncode == 2, (case, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("prepare_data: "), (case, done.stderr)
+        assert path in lines[0], (case, lines[0])
+
+
+@pytest.mark.parametrize("case", ["too few frames", "nan in conditions", "corrupt png data"])
+def test_skip_bad_skips_with_a_warning(tmp_path, case):
+    written = _tree(tmp_path, {"train": 3, "validate": 1, "test": 1})
+    path = _break(tmp_path, case)
+    good = [written["train"][0], written["train"][2]]
+    if case != "corrupt png data":  # found at open; decoding errors are found by pack
+        with pytest.raises(DataError, match=path):
+            open_split(tmp_path, "train")
+        with pytest.warns(DataWarning, match=path):
+            _assert_same(open_split(tmp_path, "train", skip_bad=True), good)
+    with pytest.warns(DataWarning, match=path):
+        pack(tmp_path, ("train",), skip_bad=True, workers=1, progress=False)
+    _assert_same(open_split(tmp_path, "train", skip_bad=True), good)
+
+
+def _write_tfrecord(path: Path, sequences: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = TFRecordWriter(str(path))
+    for frames, conditions in sequences:
+        record = {}
+        for i in range(30):
+            record[f"{i}/image_aux1/encoded"] = (frames[i].tobytes(), "byte")
+            record[f"{i}/image_main/encoded"] = ((255 - frames[i]).tobytes(), "byte")
+            record[f"{i}/action"] = (conditions[i, :4].tolist(), "float")
+            record[f"{i}/endeffector_pos"] = (conditions[i, 4:].tolist(), "float")
+        writer.write(record)
+    writer.close()
+
+
+def test_tfrecord_conversion_is_exact_and_resumable(tmp_path):
+    rng = np.random.default_rng(3)
+    files = {"train/traj_0_to_255.tfrecords": 3, "train/traj_256_to_511.tfrecords": 2,
+             "train/traj_512_to_767.tfrecords": 2, "test/traj_0_to_255.tfrecords": 2}
+    source = {}
+    for name, n in files.items():
+        source[name] = [_sequence(rng) for _ in range(n)]
+        _write_tfrecord(tmp_path / "src" / name, source[name])
+
+    out = tmp_path / "out"
+    counts = convert_tfrecords(tmp_path / "src", out, val_fraction=0.34, seed=0, workers=2, progress=False)
+    assert counts["train"] + counts["validate"] == 7 and counts["test"] == 2 and counts["validate"] in (2, 3)
+    datasets = {split: open_split(out, split) for split in ("train", "validate", "test")}
+    for name, sequences in source.items():
+        part, stem = name.split("/")[0], Path(name).stem
+        split = part if part == "test" or (out / "train" / stem).exists() else "validate"
+        for k, expected in enumerate(sequences):
+            dataset = datasets[split]
+            _assert_same([dataset[dataset.sequences.index(out / split / stem / str(k))]], [expected])
+
+    # Resume: a removed sequence of an unfinished file is rewritten, finished files are not touched.
+    victim = out / "test" / "traj_0_to_255" / "1"
+    kept = out / "test" / "traj_0_to_255" / "0" / "0.png"
+    stamp = kept.stat().st_mtime_ns
+    (out / "test" / "traj_0_to_255" / ".complete").unlink()
+    for f in victim.iterdir():
+        f.unlink()
+    victim.rmdir()
+    convert_tfrecords(tmp_path / "src", out, val_fraction=0.34, seed=0, workers=1, progress=False)
+    assert kept.stat().st_mtime_ns == stamp
+    _assert_same(open_split(out, "test"), source["test/traj_0_to_255.tfrecords"])
+    with pytest.raises(DataError, match="converted with"):
+        convert_tfrecords(tmp_path / "src", out, val_fraction=0.34, seed=1, workers=1, progress=False)
+
+    packed = tmp_path / "packed"
+    convert_tfrecords(tmp_path / "src", packed, 0.34, seed=0, pack=True, workers=2, progress=False)
+    assert not (packed / "train").exists()
+    for split, dataset in datasets.items():
+        assert isinstance(open_split(packed, split), CacheDataset)
+        _assert_same(open_split(packed, split), [dataset[i] for i in range(len(dataset))])
+
+
+def test_tfrecord_help_and_missing_source(tmp_path):
+    spec = importlib.util.spec_from_file_location("prepare_data", PREPARE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    commands = module.build_parser()._subparsers._group_actions[0].choices
+    help_text = " ".join(commands["tfrecord"].format_help().split())
+    assert "image_aux1" in help_text and "default_rng" in help_text
+    assert module.main(["tfrecord", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_synthetic_generation_is_deterministic(tmp_path):
+    first, again = generate_sequence(4, "train", 7), generate_sequence(4, "train", 7)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[0], generate_sequence(5, "train", 7)[0])
+    assert not np.array_equal(first[0], generate_sequence(4, "test", 7)[0])
+
+    a = ensure_synthetic(tmp_path / "a", 3, 2, 2, seed=4, workers=2)
+    b = ensure_synthetic(tmp_path / "b", 3, 2, 2, seed=4, workers=1)
+    for split in ("train", "validate", "test"):
+        for suffix in ("frames", "conditions"):
+            assert (a / ".cache" / f"{split}_{suffix}.npy").read_bytes() == (
+                b / ".cache" / f"{split}_{suffix}.npy").read_bytes()
+    seq = Path("train") / "traj_0_to_255" / "2"
+    for name in ("0.png", "29.png", "actions.csv", "endeffector_positions.csv"):
+        assert (a / seq / name).read_bytes() == (b / seq / name).read_bytes()
+    cached = open_split(a, "train")
+    assert isinstance(cached, CacheDataset)
+    _assert_same(CourseDataset(a / "train"), [cached[i] for i in range(3)])
+    _assert_same(cached, [(f, np.concatenate([act, pos], 1))
+                          for f, act, pos in (generate_sequence(4, "train", i) for i in range(3))])
+
+    marker = a / ".synthetic.json"
+    stamp = marker.stat().st_mtime_ns
+    ensure_synthetic(a, 3, 2, 2, seed=4)
+    assert marker.stat().st_mtime_ns == stamp and json.loads(marker.read_text())["seed"] == 4
+    ensure_synthetic(a, 4, 2, 2, seed=4, workers=1)
+    assert len(open_split(a, "train")) == 4
+    _tree(tmp_path / "foreign", {"train": 1})
+    with pytest.raises(DataError, match="did not write"):
+        ensure_synthetic(tmp_path / "foreign", 3, 2, 2, seed=4)
+
+
+def test_gripper_is_drawn_where_the_end_effector_condition_says():
+    steps = []
+    for index in range(6):
+        frames, actions, positions = generate_sequence(0, "validate", index)
+        assert frames.shape == (30, 64, 64, 3) and actions.shape == (30, 4) and positions.shape == (30, 3)
+        assert np.abs(positions).max() <= 1 and np.abs(actions).max() <= 1
+        for frame, (x, y, _) in zip(frames, positions, strict=True):
+            rows, cols = np.nonzero(frame.max(axis=-1) < 255 * FINGER_GREY + 25)  # only fingers are this dark
+            assert len(rows) > 4
+            assert abs(cols.mean() + 0.5 - (32 + 32 * x)) < 1.5
+            assert abs(rows.mean() + 0.5 - (32 + 32 * y)) < 1.5
+        steps.append(np.hypot(*np.diff(positions[:, :2] * 32, axis=0).T).mean())
+    assert np.mean(steps) > 1.5  # pixels per frame: the gripper really moves
+
+
+class _Numbered(torch.utils.data.Dataset):
+    """Sequence i is filled with the value i, so batches reveal which sequences they hold."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.full((30, 64, 64, 3), i, np.uint8), np.full((30, 7), i, np.float32)
+
+
+def _ids(batches, count: int) -> list[list[int]]:
+    out = []
+    for frames, conditions in itertools.islice(batches, count):
+        assert frames.dtype == torch.uint8 and frames.shape[1:] == (30, 64, 64, 3)
+        assert conditions.dtype == torch.float32 and conditions.shape[1:] == (30, 7)
+        out.append(frames[:, 0, 0, 0, 0].tolist())
+    return out
+
+
+def test_train_batches_reproducible_resumable_and_sharded():
+    data = _Numbered(23)  # 5 batches of 4 per epoch, 3 sequences dropped
+    stream = _ids(train_batches(data, 4, seed=1), 12)
+    assert stream == _ids(train_batches(data, 4, seed=1), 12)
+    assert stream != _ids(train_batches(data, 4, seed=2), 12)
+    assert all(len(set(sum(stream[e * 5 : e * 5 + 5], []))) == 20 for e in (0, 1))
+    assert _ids(train_batches(data, 4, seed=1, start_batch=7), 5) == stream[7:12]
+    assert _ids(train_batches(data, 4, seed=1, num_workers=2, start_batch=3), 6) == stream[3:9]
+
+    shards = [_ids(train_batches(data, 2, seed=1, rank=r, world_size=3), 6) for r in range(3)]
+    for epoch in (0, 1):  # 7 sequences per rank and epoch: 3 batches of 2 each
+        seen = [sum(shard[epoch * 3 : epoch * 3 + 3], []) for shard in shards]
+        assert all(len(s) == 6 for s in seen) and len(set(sum(seen, []))) == 18
+    with pytest.raises(DataError, match="cannot fill"):
+        train_batches(data, 8, seed=1, world_size=3)
+
+
+def test_eval_batches_in_order_with_limit():
+    assert _ids(eval_batches(_Numbered(10), 4, limit=7), 10) == [[0, 1, 2, 3], [4, 5, 6]]
+    assert _ids(eval_batches(_Numbered(5), 4, num_workers=1), 10) == [[0, 1, 2, 3], [4]]

@@ -1,0 +1,60 @@
+import math
+
+import torch
+
+from svg.losses import active_units, kl_between_gaussians, kl_to_standard_normal
+from svg.metrics import copy_last, psnr_per_frame, ssim_per_frame
+
+
+def test_psnr_of_known_images():
+    target = torch.zeros(2, 1, 3, 8, 8)
+    pred = torch.full_like(target, 0.1)  # MSE 0.01 -> 20 dB
+    pred[1] = 0.5  # MSE 0.25 -> 6.0206 dB
+    got = psnr_per_frame(pred, target)
+    assert got.shape == (2, 1)
+    assert abs(got[0, 0].item() - 20.0) < 1e-4
+    assert abs(got[1, 0].item() - 10 * math.log10(4)) < 1e-4
+
+
+def test_psnr_averages_mse_over_channels_of_a_frame():
+    target = torch.zeros(1, 1, 3, 4, 4)
+    pred = target.clone()
+    pred[0, 0, 0] = 0.3  # one channel off by 0.3: MSE = 0.09 / 3 = 0.03
+    assert abs(psnr_per_frame(pred, target).item() - 10 * math.log10(1 / 0.03)) < 1e-4
+
+
+def test_perfect_prediction_is_capped_not_infinite():
+    x = torch.rand(1, 1, 3, 8, 8)
+    assert psnr_per_frame(x, x).item() == 100.0
+
+
+def test_ssim_identical_is_one_and_noise_is_lower():
+    x = torch.rand(1, 2, 3, 32, 32)
+    assert torch.allclose(ssim_per_frame(x, x), torch.ones(1, 2, dtype=torch.float64))
+    assert (ssim_per_frame((x + 0.2 * torch.randn_like(x)).clamp(0, 1), x) < 0.9).all()
+
+
+def test_copy_last_repeats_the_last_context_frame():
+    x = torch.arange(5.0).view(5, 1, 1, 1, 1).expand(5, 2, 3, 4, 4)
+    out = copy_last(x, n_past=2, total=5)
+    assert out.shape == (3, 2, 3, 4, 4)
+    assert (out == 1.0).all()
+
+
+def test_kl_of_identical_gaussians_is_zero():
+    mu, logvar = torch.randn(4, 6), torch.randn(4, 6)
+    assert torch.allclose(kl_between_gaussians(mu, logvar, mu, logvar), torch.zeros(4, 6), atol=1e-6)
+    assert torch.allclose(kl_to_standard_normal(torch.zeros(3), torch.zeros(3)), torch.zeros(3))
+
+
+def test_kl_matches_closed_form():
+    # KL(N(1, 4) || N(0, 1)) = 0.5 * (4 + 1 - 1 - ln 4)
+    got = kl_to_standard_normal(torch.tensor([1.0]), torch.tensor([math.log(4.0)]))
+    assert abs(got.item() - 0.5 * (4 + 1 - 1 - math.log(4))) < 1e-6
+    # KL(N(0, 1) || N(2, e^2)) = 0.5 * (2 + (1 + 4) / e^2 - 1)
+    got = kl_between_gaussians(torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([2.0]), torch.tensor([2.0]))
+    assert abs(got.item() - 0.5 * (2 + 5 / math.e**2 - 1)) < 1e-6
+
+
+def test_active_units_counts_dimensions_above_threshold():
+    assert active_units(torch.tensor([0.0, 0.005, 0.02, 1.0])) == 2
