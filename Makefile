@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train data test test-all lint bench sweep report clean
+.PHONY: install train evaluate data test test-all lint bench sweep report clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(STAMP)
 ## train the light CPU model on the embedded synthetic data (resumes if interrupted)
 train: $(STAMP)
 	$(BIN)/python entrypoints/train.py --config cpu --out runs/cpu --resume auto $(ARGS)
+
+## evaluate the `make train` model on the test split (PSNR/SSIM, best of 10, copy-last, GIFs)
+evaluate: $(STAMP)
+	$(BIN)/python entrypoints/evaluate.py runs/cpu/checkpoints/best.pt --split test --out runs/cpu/eval/test-best.json $(ARGS)
 
 ## generate the embedded synthetic dataset (train also does this on first use)
 data: $(STAMP)

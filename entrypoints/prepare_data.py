@@ -53,13 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="the extracted softmotion30_44k folder (holding train/ and test/)")
     p.add_argument("--out", required=True, help="ROOT to write into")
     p.add_argument("--pack", action="store_true", help="write only the packed cache, no PNGs")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="share of train files held out (0.05)")
+    p.add_argument("--val-fraction", type=float, default=0.05,
+                   help="share of train files held out for validate/ (default 0.05)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out file choice (default 0)")
     p.set_defaults(run=_tfrecord)
 
     p = commands.add_parser("pack", help="pack a course-layout tree into ROOT/.cache (memory-mapped arrays)")
     p.add_argument("root", help="ROOT holding train/, validate/, test/")
-    p.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="splits to pack (all)")
+    p.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
+                   help="splits to pack (default all three)")
     p.add_argument("--seq-len", type=int, default=30, help="frames kept per sequence (default 30)")
     p.add_argument("--skip-bad", action="store_true", help="skip bad sequences with a warning, don't fail")
     p.set_defaults(run=_pack)

@@ -167,7 +167,10 @@ def _parse_value(text: str) -> Any:
     if text in ("None", "null", "~"):
         return None
     if text.startswith("["):
-        return yaml.safe_load(text)
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
     return text
 
 
@@ -215,7 +218,11 @@ def flat(exp: Experiment) -> dict[str, Any]:
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports bad arguments in one line (exit 2), as every project error does."""
 
-    def error(self, message: str):  # noqa: D401
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
         self.exit(2, f"{self.prog}: {message}\n")
 
 

@@ -118,8 +118,10 @@ class Tracker:
         gifs: dict[str, Path] | None = None,
         images: dict[str, Path] | None = None,
         curves: dict[str, tuple[list[float], str]] | None = None,
+        tables: dict[str, tuple[list[str], list[list]]] | None = None,
     ) -> None:
-        """Log scalars (and lists) plus media files. ``curves`` maps a key to (values, x label)."""
+        """Log scalars (and lists) plus media files. ``curves`` maps a key to (values, x label),
+        ``tables`` a key to (columns, rows)."""
         record = {k: _jsonable(v) for k, v in metrics.items()}
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
@@ -133,6 +135,8 @@ class Tracker:
                 payload[key] = wandb.Video(str(path), format="gif")
             for key, path in (images or {}).items():
                 payload[key] = wandb.Image(str(path))
+            for key, (columns, rows) in (tables or {}).items():
+                payload[key] = wandb.Table(columns=columns, data=rows)
             for key, (values, x_label) in (curves or {}).items():
                 table = wandb.Table(columns=[x_label, key], data=[[i + 1, v] for i, v in enumerate(values)])
                 payload[key] = wandb.plot.line(table, x_label, key, title=key)

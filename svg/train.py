@@ -24,7 +24,7 @@ from tqdm import tqdm
 from svg.config import Experiment, to_yaml
 from svg.data import ensure_synthetic, eval_batches, open_split, train_batches
 from svg.errors import Interrupted, SvgError
-from svg.evaluation import score
+from svg.evaluation import MEDIA_SAMPLES, MEDIA_SEQUENCES, evaluate, summarize
 from svg.losses import active_units
 from svg.media import write_gif, write_strip
 from svg.models import SVG
@@ -213,6 +213,7 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(enabled=self.rt.amp_dtype == torch.float16 and self.rt.device.type == "cuda")
         self.iteration, self.best_psnr, self.bad_steps, self.validations = 0, -math.inf, 0, 0
+        self.skipped_steps = 0
         self.sums = EpochSums()
 
         run_id = None
@@ -222,7 +223,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
             self.iteration, self.best_psnr = state["iteration"], state["best_psnr"]
-            self.validations = state["validations"]
+            self.validations, self.skipped_steps = state["validations"], state["skipped_steps"]
             self.sums = EpochSums(**state["epoch_sums"])
             _set_rng_state(state["rng"], self.tf_gen)
             run_id = state["wandb_id"]
@@ -263,6 +264,7 @@ class Trainer:
             "iteration": self.iteration,
             "best_psnr": self.best_psnr,
             "validations": self.validations,
+            "skipped_steps": self.skipped_steps,
             "epoch_sums": vars(self.sums),
             "rng": _rng_state(self.tf_gen),
             "config": self.exp.model_dump(mode="json"),
@@ -328,6 +330,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             self.bad_steps += 1
+            self.skipped_steps += 1
             if self.bad_steps >= exp.train.max_bad_steps:
                 raise TrainingStopped(
                     f"training diverged: {self.bad_steps} non-finite losses in a row at iteration "
@@ -360,6 +363,7 @@ class Trainer:
         exp, cfg = self.exp, self.exp.train
         s = self.sums
         record: dict = {
+            "train/skipped_steps": self.skipped_steps,
             "epoch": epoch + 1,
             "iter": self.iteration,
             "beta": b,
@@ -381,39 +385,45 @@ class Trainer:
         last = epoch + 1 == cfg.epochs
         gifs, images, curves = {}, {}, {}
         if self.rt.main and ((epoch + 1) % cfg.val_every == 0 or last):
-            sc = score(
+            scoring = dict(n_past=cfg.n_past, device=self.rt.device, amp=lambda: autocast(self.rt), seed=cfg.seed)
+            ev = evaluate(
                 self.model, eval_batches(self.val_set, exp.data.batch_size, limit=cfg.val_sequences),
-                n_past=cfg.n_past, device=self.rt.device, amp=lambda: autocast(self.rt), seed=cfg.seed,
+                n_samples=1, media_sequences=0, **scoring,
             )  # fmt: skip
+            sc = summarize(ev, frames=ev.psnr.shape[1])
             self.validations += 1
-            improved = sc.psnr > self.best_psnr
-            self.best_psnr = max(self.best_psnr, sc.psnr)
+            improved = sc["psnr"] > self.best_psnr
+            self.best_psnr = max(self.best_psnr, sc["psnr"])
             record.update(
                 {
-                    "val/psnr": sc.psnr,
+                    "val/psnr": sc["psnr"],
                     "val/psnr_best": self.best_psnr,
-                    "val/ssim": sc.ssim,
-                    "val/psnr_copy_last": sc.copy_last_psnr,
-                    "val/psnr_per_frame": [round(v, 4) for v in sc.psnr_per_frame],
+                    "val/ssim": sc["ssim"],
+                    "val/psnr_copy_last": sc["copy_last_psnr"],
+                    "val/psnr_per_frame": [round(v, 4) for v in sc["psnr_per_frame"]],
                 }
             )
             curves["val/psnr_per_frame"] = (record["val/psnr_per_frame"], "predicted frame")
             if self.validations % cfg.media_every == 1 or cfg.media_every == 1 or last:
                 name = f"epoch{epoch + 1:04d}"
-                gifs["media/prediction"] = write_gif(self.media_dir / f"{name}.gif", sc.panels, cfg.n_past)
-                images["media/strip"] = write_strip(self.media_dir / f"{name}_strip.png", sc.panels, cfg.n_past)
+                shown = evaluate(
+                    self.model, eval_batches(self.val_set, MEDIA_SEQUENCES, limit=MEDIA_SEQUENCES),
+                    n_samples=MEDIA_SAMPLES, **scoring,
+                ).panels.videos()  # fmt: skip
+                gifs["media/prediction"] = write_gif(self.media_dir / f"{name}.gif", shown, cfg.n_past)
+                images["media/strip"] = write_strip(self.media_dir / f"{name}_strip.png", shown, cfg.n_past)
             if improved:
                 self.checkpoint("best")
             tqdm.write(
-                f"epoch {epoch + 1}/{cfg.epochs}  val psnr {sc.psnr:.2f} dB (copy-last {sc.copy_last_psnr:.2f}, "
-                f"best {self.best_psnr:.2f})  ssim {sc.ssim:.3f}  kld {record.get('epoch/kld', 0):.4f}  "
+                f"epoch {epoch + 1}/{cfg.epochs}  val psnr {sc['psnr']:.2f} dB (copy-last {sc['copy_last_psnr']:.2f}, "
+                f"best {self.best_psnr:.2f})  ssim {sc['ssim']:.3f}  kld {record.get('epoch/kld', 0):.4f}  "
                 f"beta {b:.3g}  tfr {tfr:.2f}"
             )
         if self.rt.world_size > 1:
             dist.barrier()
         if self.rt.main:
-            self.checkpoint()
             self.tracker.log(record, gifs=gifs, images=images, curves=curves)
+            self.checkpoint()
             if "val/psnr" in record:
                 self.tracker.summary(
                     {"val/psnr_final": record["val/psnr"], "val/psnr_copy_last": record["val/psnr_copy_last"]}

@@ -6,8 +6,10 @@ import importlib.util
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -17,9 +19,8 @@ import torch
 from tfrecord.writer import TFRecordWriter
 
 from svg.data import DataError, DataWarning, convert_tfrecords, ensure_synthetic, open_split, pack
-from svg.data.cache import CacheDataset
-from svg.data.course import CourseDataset, encode_png, write_sequence
-from svg.data.loaders import eval_batches, train_batches
+from svg.data.course import encode_png, write_sequence
+from svg.data.loaders import CacheDataset, CourseDataset, eval_batches, train_batches
 from svg.data.synthetic import FINGER_GREY, generate_sequence
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def _assert_same(dataset, expected: list[tuple[np.ndarray, np.ndarray]]) -> None
 
 
 def _run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess]:
-    """Run CLI commands concurrently (each pays the torch import once)."""
+    """Run CLI commands concurrently."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for c in commands]
@@ -242,6 +243,12 @@ def test_tfrecord_help_and_missing_source(tmp_path):
     assert module.main(["tfrecord", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
 
 
+def test_prepare_data_starts_without_torch():
+    code = "import sys, svg.data, svg.data.bair; assert 'torch' not in sys.modules"
+    (done,) = _run_all([[sys.executable, "-c", code]])
+    assert done.returncode == 0, done.stderr
+
+
 def test_synthetic_generation_is_deterministic(tmp_path):
     first, again = generate_sequence(4, "train", 7), generate_sequence(4, "train", 7)
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
@@ -272,6 +279,18 @@ def test_synthetic_generation_is_deterministic(tmp_path):
     _tree(tmp_path / "foreign", {"train": 1})
     with pytest.raises(DataError, match="did not write"):
         ensure_synthetic(tmp_path / "foreign", 3, 2, 2, seed=4)
+
+
+def test_synthetic_generation_survives_interruption_and_concurrent_callers(tmp_path):
+    root = ensure_synthetic(tmp_path / "data", 3, 1, 1, seed=2, workers=1)
+    expected = [open_split(root, "train")[i] for i in range(3)]
+    (root / ".synthetic.json").rename(root / ".synthetic.partial.json")  # as if killed mid-way
+    shutil.rmtree(root / "train" / "traj_0_to_255" / "1")
+    with ThreadPoolExecutor(2) as pool:  # e.g. two sweep trials starting at once: one generates
+        done = list(pool.map(lambda _: ensure_synthetic(root, 3, 1, 1, seed=2, workers=1), range(2)))
+    assert done == [root, root] and not (root / ".synthetic.partial.json").exists()
+    _assert_same(open_split(root, "train"), expected)
+    _assert_same(CourseDataset(root / "train"), expected)
 
 
 def test_gripper_is_drawn_where_the_end_effector_condition_says():

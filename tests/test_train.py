@@ -54,18 +54,18 @@ def test_wandb_run_holds_every_metric_and_the_gif(smoke_run):
 
 
 def test_tiny_overfit_reaches_a_high_psnr():
-    """A few steps on two fixed sequences of a moving square must fit them closely (teacher forced)."""
+    """150 steps on two fixed sequences of a moving square must fit them closely (teacher forced)."""
     torch.manual_seed(0)
-    x = torch.full((6, 2, 3, 64, 64), 0.2)
-    for t in range(6):
+    x = torch.full((5, 2, 3, 64, 64), 0.2)
+    for t in range(5):
         x[t, 0, :, 10:26, 8 + 4 * t : 24 + 4 * t] = torch.tensor([0.9, 0.3, 0.1])[:, None, None]
         x[t, 1, :, 30 + 3 * t : 46 + 3 * t, 20:36] = torch.tensor([0.1, 0.6, 0.9])[:, None, None]
-    cond = torch.randn(6, 2, 7)
-    model = SVG(Model(encoder="dcgan64", channels=16, g_dim=32, z_dim=4, rnn_size=32))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(300):
-        res = model.training_step(x, cond, 2, True, torch.randn(5, 2, 4))
+    cond = torch.randn(5, 2, 7)
+    model = SVG(Model(encoder="dcgan64", channels=8, g_dim=16, z_dim=4, rnn_size=16, predictor_layers=1))
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    for _ in range(150):
+        res = model.training_step(x, cond, 2, True, torch.randn(4, 2, 4))
         opt.zero_grad()
         (res.mse + 1e-4 * res.kld).backward()
         opt.step()
-    assert psnr_per_frame(res.pred, x[1:]).mean().item() > 28.0
+    assert psnr_per_frame(res.pred, x[1:]).mean().item() > 30.0

@@ -1,13 +1,25 @@
-"""Data: the course layout, the synthetic default, the official BAIR converter, the packed cache, loaders."""
+"""Data: the course layout, the synthetic default, the official BAIR converter, the packed cache, loaders.
+
+The loaders (which need torch) are imported on first use, so `prepare_data.py` starts without torch.
+"""
 
 from svg.data.bair import convert as convert_tfrecords
 from svg.data.cache import pack
 from svg.data.course import COND_DIM, FRAME_SHAPE, SEQ_LEN, SPLITS
 from svg.data.errors import DataError, DataWarning
-from svg.data.loaders import eval_batches, open_split, train_batches
 from svg.data.synthetic import ensure_synthetic
+
+_LOADERS = ("CacheDataset", "CourseDataset", "eval_batches", "open_split", "train_batches")
 
 __all__ = [
     "COND_DIM", "FRAME_SHAPE", "SEQ_LEN", "SPLITS", "DataError", "DataWarning", "convert_tfrecords",
-    "ensure_synthetic", "eval_batches", "open_split", "pack", "train_batches",
+    "ensure_synthetic", "pack", *_LOADERS,
 ]
+
+
+def __getattr__(name: str):
+    if name in _LOADERS:
+        from svg.data import loaders
+
+        return getattr(loaders, name)
+    raise AttributeError(f"module 'svg.data' has no attribute {name!r}")

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from tfrecord.reader import tfrecord_loader
 
 from svg.data import cache
 from svg.data.course import ACTION_DIM, FRAME_SHAPE, POSITION_DIM, SEQ_LEN, natural_key, write_sequence
@@ -88,6 +87,8 @@ def _decode(record: dict, path: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def read_records(path: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(frames, conditions) of each record in a file, in file order."""
+    from tfrecord.reader import tfrecord_loader  # here: the tfrecord package imports torch on import
+
     records = tfrecord_loader(str(path), None, _DESCRIPTION)
     k = 0
     while True:
@@ -150,7 +151,10 @@ def _check_settings(out: Path, settings: dict) -> None:
     """Refuse to resume into a folder converted with another seed or validation fraction."""
     path = out / _SETTINGS
     if path.exists():
-        previous = json.loads(path.read_text())
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError:
+            raise DataError(f"{path}: unreadable; delete it to convert into {out} afresh") from None
         if previous != settings:
             raise DataError(f"{path}: {out} was converted with {previous}, not {settings}; "
                             "use the same --seed/--val-fraction or another --out")

@@ -17,10 +17,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch.utils.data
 from tqdm import tqdm
 
-from svg.data.course import COND_DIM, FRAME_SHAPE, SEQ_LEN, SPLITS, CourseDataset, natural_key, read_frames
+from svg.data.course import COND_DIM, FRAME_SHAPE, SEQ_LEN, SPLITS, natural_key, read_frames, scan_split
 from svg.data.errors import DataError, DataWarning
 
 CACHE_DIR = ".cache"
@@ -56,7 +55,7 @@ def progress_bar(enabled: bool, total: int, desc: str, unit: str, initial: int =
 
 
 def pool_context() -> multiprocessing.context.BaseContext:
-    """fork where the platform has it: workers start at once and inherit open memory maps."""
+    """fork where the platform has it: workers start at once, without importing torch again."""
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("fork" if "fork" in methods else None)
 
@@ -110,11 +109,11 @@ def is_current(root: Path, split: str) -> bool:
     return not split_dir.is_dir() or manifest["fingerprint"] == fingerprint(split_dir)
 
 
-def open_cache(root: Path, split: str, seq_len: int, skip_bad: bool) -> CacheDataset | None:
-    """The split's cache, or None when there is none or it is stale (then with a warning)."""
-    frames_path, conditions_path, manifest_path = cache_paths(root, split)
+def usable(root: Path, split: str) -> bool:
+    """Whether the loaders should read the split's cache: it exists, and it is current (else a warning)."""
+    manifest_path = cache_paths(root, split)[2]
     if not manifest_path.exists():
-        return None
+        return False
     if not is_current(root, split):
         warnings.warn(
             f"{manifest_path}: cache differs from {Path(root) / split}; reading PNGs instead "
@@ -122,8 +121,8 @@ def open_cache(root: Path, split: str, seq_len: int, skip_bad: bool) -> CacheDat
             DataWarning,
             stacklevel=3,
         )
-        return None
-    return CacheDataset(frames_path, conditions_path, seq_len, skip_bad)
+        return False
+    return True
 
 
 def _load(path: Path, dtype: type, tail: tuple[int, ...]) -> np.ndarray:
@@ -136,55 +135,30 @@ def _load(path: Path, dtype: type, tail: tuple[int, ...]) -> np.ndarray:
     return array
 
 
-class CacheDataset(torch.utils.data.Dataset):
-    """A packed split read through memory maps: no decoding, and workers share the page cache."""
+def check_arrays(frames_path: Path, conditions_path: Path, seq_len: int, skip_bad: bool
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a packed split; returns the rows to use and their conditions (rows, seq_len, 7).
 
-    def __init__(self, frames_path: Path, conditions_path: Path, seq_len: int = SEQ_LEN,
-                 skip_bad: bool = False):
-        self.frames_path, self.seq_len = frames_path, seq_len
-        frames = _load(frames_path, np.uint8, FRAME_SHAPE)
-        conditions = _load(conditions_path, np.float32, (COND_DIM,))
-        if len(frames) != len(conditions) or frames.shape[1] != conditions.shape[1]:
-            raise DataError(f"{conditions_path}: shape {conditions.shape} does not match "
-                            f"{frames_path} {frames.shape}")
-        if frames.shape[1] < seq_len:
-            raise DataError(f"{frames_path}: sequences of {frames.shape[1]} frames, needs {seq_len}")
-        if len(frames) == 0:
-            raise DataError(f"data.root: {frames_path} holds no sequences")
-        finite = np.isfinite(conditions[:, :seq_len]).all(axis=(1, 2))
-        for i in np.flatnonzero(~finite):
-            message = f"{conditions_path}: sequence {i} has NaN or inf conditions"
-            if not skip_bad:
-                raise DataError(message)
-            warnings.warn(f"skipping bad sequence: {message}", DataWarning, stacklevel=4)
-        self.index = np.flatnonzero(finite)
-        if self.index.size == 0:
-            raise DataError(f"data.root: {conditions_path} has no usable sequences")
-        self.conditions = np.ascontiguousarray(conditions[self.index, :seq_len])
-        self._frames: np.ndarray | None = frames
-
-    def _map(self) -> np.ndarray:
-        if self._frames is None:
-            self._frames = np.load(self.frames_path, mmap_mode="r")
-        return self._frames
-
-    def __getstate__(self) -> dict:
-        # Pickling a memmap would copy the whole array into the worker: reopen it there instead.
-        return {**self.__dict__, "_frames": None}
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return np.array(self._map()[self.index[i], : self.seq_len]), self.conditions[i].copy()
-
-    def get_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        indices = np.asarray(indices)
-        rows = self.index[indices]
-        order = np.argsort(rows, kind="stable")
-        frames = np.empty((len(rows), self.seq_len, *FRAME_SHAPE), np.uint8)
-        frames[order] = self._map()[rows[order], : self.seq_len]  # ascending rows: sequential reads
-        return frames, self.conditions[indices]
+    Rows whose conditions hold NaN/inf raise, or with skip_bad are left out with a warning each."""
+    frames = _load(frames_path, np.uint8, FRAME_SHAPE)
+    conditions = _load(conditions_path, np.float32, (COND_DIM,))
+    if frames.shape[:2] != conditions.shape[:2]:
+        raise DataError(f"{conditions_path}: shape {conditions.shape} does not match "
+                        f"{frames_path} {frames.shape}")
+    if frames.shape[1] < seq_len:
+        raise DataError(f"{frames_path}: sequences of {frames.shape[1]} frames, needs {seq_len}")
+    if len(frames) == 0:
+        raise DataError(f"data.root: {frames_path} holds no sequences")
+    finite = np.isfinite(conditions[:, :seq_len]).all(axis=(1, 2))
+    for i in np.flatnonzero(~finite):
+        message = f"{conditions_path}: sequence {i} has NaN or inf conditions"
+        if not skip_bad:
+            raise DataError(message)
+        warnings.warn(f"skipping bad sequence: {message}", DataWarning, stacklevel=4)
+    rows = np.flatnonzero(finite)
+    if rows.size == 0:
+        raise DataError(f"data.root: {conditions_path} has no usable sequences")
+    return rows, np.ascontiguousarray(conditions[rows, :seq_len])
 
 
 def _decode(job: tuple[Path, int]) -> np.ndarray | DataError:
@@ -206,28 +180,15 @@ def _shrink(path: Path, count: int) -> None:
     os.replace(part, path)
 
 
-def pack(
-    root: str | Path,
-    splits: tuple[str, ...] = SPLITS,
-    seq_len: int = SEQ_LEN,
-    skip_bad: bool = False,
-    workers: int | None = None,
-    progress: bool = True,
-) -> dict[str, int]:
-    """Build the cache of each split from its course layout. Every split is validated before any is
-    written, so a bad file fails fast; returns the sequence count per split."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data.root: {root} does not exist or is not a folder")
-    datasets = {split: CourseDataset(root / split, seq_len, skip_bad) for split in splits}
-    workers = workers or os.cpu_count() or 1
-    counts = {}
-    for split, dataset in datasets.items():
-        source = fingerprint(root / split)
-        frames_tmp, conditions_tmp = begin(root, split, len(dataset), seq_len)
+def _pack_split(root: Path, split: str, seq_len: int, scanned: tuple[list[Path], np.ndarray], skip_bad: bool,
+                workers: int, progress: bool) -> int:
+    sequences, all_conditions = scanned
+    source = fingerprint(root / split)
+    frames_tmp, conditions_tmp = begin(root, split, len(sequences), seq_len)
+    try:
         frames = np.load(frames_tmp, mmap_mode="r+")
         kept = []
-        jobs = [(seq_dir, seq_len) for seq_dir in dataset.sequences]
+        jobs = [(seq_dir, seq_len) for seq_dir in sequences]
         bar = progress_bar(progress, len(jobs), f"pack {split}", "seq")
         with pool_context().Pool(workers) as pool, bar:
             for i, result in enumerate(pool.imap(_decode, jobs, chunksize=8)):
@@ -235,7 +196,7 @@ def pack(
                 if isinstance(result, DataError):
                     if not skip_bad:
                         raise result
-                    warnings.warn(f"skipping bad sequence: {result}", DataWarning, stacklevel=2)
+                    warnings.warn(f"skipping bad sequence: {result}", DataWarning, stacklevel=3)
                     continue
                 frames[len(kept)] = result
                 kept.append(i)
@@ -244,11 +205,36 @@ def pack(
         frames.flush()
         del frames
         conditions = np.load(conditions_tmp, mmap_mode="r+")
-        conditions[: len(kept)] = dataset.conditions[kept]
+        conditions[: len(kept)] = all_conditions[kept]
         conditions.flush()
         del conditions
         if len(kept) < len(jobs):
             _shrink(frames_tmp, len(kept))
             _shrink(conditions_tmp, len(kept))
-        counts[split] = commit(root, split, source, origin="course")
-    return counts
+    except BaseException:
+        frames_tmp.unlink(missing_ok=True)
+        conditions_tmp.unlink(missing_ok=True)
+        raise
+    return commit(root, split, source, origin="course")
+
+
+def pack(
+    root: str | Path,
+    splits: tuple[str, ...] = SPLITS,
+    seq_len: int = SEQ_LEN,
+    skip_bad: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Build the cache of each split from its course layout; returns the sequence count per split.
+
+    Every split is validated (headers, CSVs) before any is written, so most bad files fail fast;
+    frames are decoded in `workers` processes and a file that fails to decode is named too.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data.root: {root} does not exist or is not a folder")
+    scanned = {split: scan_split(root / split, seq_len, skip_bad) for split in splits}
+    workers = workers or os.cpu_count() or 1
+    return {split: _pack_split(root, split, seq_len, found, skip_bad, workers, progress)
+            for split, found in scanned.items()}

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
-import torch.utils.data
 
 from svg.data.errors import DataError, DataWarning
 
@@ -165,38 +164,24 @@ def read_frames(seq_dir: Path, seq_len: int) -> np.ndarray:
     return out
 
 
-class CourseDataset(torch.utils.data.Dataset):
-    """One split read from PNGs. Every sequence is checked and its conditions parsed at open (no decoding),
-    so a bad file fails before training starts; frames are decoded per item."""
-
-    def __init__(self, split_dir: Path, seq_len: int = SEQ_LEN, skip_bad: bool = False):
-        if not split_dir.is_dir():
-            raise DataError(f"data.root: {split_dir} is missing (expected {split_dir}/{LAYOUT})")
-        candidates = list_sequences(split_dir)
-        if not candidates:
-            raise DataError(f"data.root: {split_dir} has no sequences (expected {LAYOUT})")
-        self.split_dir, self.seq_len = split_dir, seq_len
-        self.sequences: list[Path] = []
-        conditions = []
-        for seq_dir in candidates:
-            try:
-                conditions.append(check_sequence(seq_dir, seq_len))
-            except DataError as e:
-                if not skip_bad:
-                    raise
-                warnings.warn(f"skipping bad sequence: {e}", DataWarning, stacklevel=3)
-                continue
-            self.sequences.append(seq_dir)
-        if not self.sequences:
-            raise DataError(f"data.root: {split_dir} has no usable sequences (all {len(candidates)} are bad)")
-        self.conditions = np.stack(conditions)
-
-    def __len__(self) -> int:
-        return len(self.sequences)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return read_frames(self.sequences[i], self.seq_len), self.conditions[i].copy()
-
-    def get_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        frames = np.stack([read_frames(self.sequences[i], self.seq_len) for i in indices])
-        return frames, self.conditions[np.asarray(indices)]
+def scan_split(split_dir: Path, seq_len: int, skip_bad: bool) -> tuple[list[Path], np.ndarray]:
+    """Check every sequence of a split without decoding frames, so a bad file fails before training
+    starts; returns the good sequence folders and their conditions (N, seq_len, 7)."""
+    if not split_dir.is_dir():
+        raise DataError(f"data.root: {split_dir} is missing (expected {split_dir}/{LAYOUT})")
+    candidates = list_sequences(split_dir)
+    if not candidates:
+        raise DataError(f"data.root: {split_dir} has no sequences (expected {LAYOUT})")
+    sequences, conditions = [], []
+    for seq_dir in candidates:
+        try:
+            conditions.append(check_sequence(seq_dir, seq_len))
+        except DataError as e:
+            if not skip_bad:
+                raise
+            warnings.warn(f"skipping bad sequence: {e}", DataWarning, stacklevel=4)
+            continue
+        sequences.append(seq_dir)
+    if not sequences:
+        raise DataError(f"data.root: {split_dir} has no usable sequences (all {len(candidates)} are bad)")
+    return sequences, np.stack(conditions)

@@ -14,11 +14,62 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from svg.data.cache import open_cache
-from svg.data.course import SEQ_LEN, SPLITS, CourseDataset
+from svg.data import cache
+from svg.data.course import FRAME_SHAPE, SEQ_LEN, SPLITS, read_frames, scan_split
 from svg.data.errors import DataError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class CourseDataset(torch.utils.data.Dataset):
+    """One split read from PNGs: validated and conditions parsed at open, frames decoded per item."""
+
+    def __init__(self, split_dir: Path, seq_len: int = SEQ_LEN, skip_bad: bool = False):
+        self.seq_len = seq_len
+        self.sequences, self.conditions = scan_split(split_dir, seq_len, skip_bad)
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return read_frames(self.sequences[i], self.seq_len), self.conditions[i].copy()
+
+    def get_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        frames = np.stack([read_frames(self.sequences[i], self.seq_len) for i in indices])
+        return frames, self.conditions[np.asarray(indices)]
+
+
+class CacheDataset(torch.utils.data.Dataset):
+    """A packed split read through a memory map: no decoding, and workers share the page cache."""
+
+    def __init__(self, frames_path: Path, conditions_path: Path, seq_len: int = SEQ_LEN,
+                 skip_bad: bool = False):
+        self.frames_path, self.seq_len = frames_path, seq_len
+        self.rows, self.conditions = cache.check_arrays(frames_path, conditions_path, seq_len, skip_bad)
+        self._frames: np.ndarray | None = None
+
+    def _map(self) -> np.ndarray:
+        if self._frames is None:
+            self._frames = np.load(self.frames_path, mmap_mode="r")
+        return self._frames
+
+    def __getstate__(self) -> dict:
+        # Pickling a memmap would copy the whole array into a worker: reopen it there instead.
+        return {**self.__dict__, "_frames": None}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.array(self._map()[self.rows[i], : self.seq_len]), self.conditions[i].copy()
+
+    def get_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        indices = np.asarray(indices)
+        rows = self.rows[indices]
+        order = np.argsort(rows, kind="stable")
+        frames = np.empty((len(rows), self.seq_len, *FRAME_SHAPE), np.uint8)
+        frames[order] = self._map()[rows[order], : self.seq_len]  # ascending rows: sequential reads
+        return frames, self.conditions[indices]
 
 
 def open_split(
@@ -26,16 +77,18 @@ def open_split(
 ) -> torch.utils.data.Dataset:
     """A split of ROOT; item i -> (frames uint8 (seq_len, 64, 64, 3), conditions float32 (seq_len, 7)).
 
-    Validates on open (missing split, empty split, short sequences, bad PNG headers, bad CSVs, NaN/inf)
-    and raises DataError naming the path; skip_bad=True skips bad sequences with a warning each instead.
+    Reads the packed cache when it is present and current, else the PNG layout. Validates on open
+    (missing or empty split, short sequences, bad PNG headers, bad CSVs, NaN/inf) and raises DataError
+    naming the path; skip_bad=True skips bad sequences with a warning each instead.
     """
     if split not in SPLITS:
         raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data.root: {root} does not exist or is not a folder")
-    cached = open_cache(root, split, seq_len, skip_bad)
-    return cached if cached is not None else CourseDataset(root / split, seq_len, skip_bad)
+    if cache.usable(root, split):
+        return CacheDataset(*cache.cache_paths(root, split)[:2], seq_len, skip_bad)
+    return CourseDataset(root / split, seq_len, skip_bad)
 
 
 def _fetch(dataset: torch.utils.data.Dataset, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ any number of worker processes.
 from __future__ import annotations
 
 import cmath
+import fcntl
 import functools
 import json
 import os
@@ -35,6 +36,7 @@ from svg.data.errors import DataError
 GENERATOR_VERSION = 1
 MARKER = ".synthetic.json"
 _PARTIAL = ".synthetic.partial.json"
+_LOCK = ".synthetic.lock"
 _CHUNK = 32  # sequences per worker task
 _TRAJECTORY = 256  # sequences per trajectory folder, as in the official files
 
@@ -108,7 +110,8 @@ def _simulate(rng: np.random.Generator, steps: int) -> dict[str, np.ndarray]:
     for _ in range(steps):
         grips.append(grip), heights.append(z), openings.append(opening)
         objects.append(list(pos)), angles.append(list(angle))
-        marbles.append(marble if marble is not None else complex(-100, -100))
+        if marble is not None:
+            marbles.append(marble)
 
         # Policy: approach a spot behind an object (high, then descending), push through it; or wander.
         timer -= 1
@@ -182,11 +185,14 @@ def _simulate(rng: np.random.Generator, steps: int) -> dict[str, np.ndarray]:
         array = np.array(points, np.complex128)
         return np.stack([array.real, array.imag], axis=-1)
 
-    return {
+    sim = {
         "grip": xy(grips), "z": np.array(heights), "opening": np.array(openings), "action": np.array(actions),
-        "pos": xy(objects), "angle": np.array(angles), "marble": xy(marbles), "radius": np.array(radius),
-        "friction": np.array(friction), "kick": np.array(kick), "square": rng.random(n_obj) < 0.5,
+        "pos": xy(objects), "angle": np.array(angles), "radius": np.array(radius),
+        "square": rng.random(n_obj) < 0.5,
     }
+    if marbles:
+        sim["marble"] = xy(marbles)
+    return sim
 
 
 def _bounce(p: complex, v: complex, low: float, high: float, keep: float) -> tuple[complex, complex]:
@@ -280,7 +286,7 @@ def _per_frame(value) -> np.ndarray:
 
 @functools.cache
 def _noise_bank() -> np.ndarray:
-    """Fixed unit-normal noise: per-frame random windows into it are much cheaper than fresh draws."""
+    """Fixed unit-normal noise: random windows into it are much cheaper than fresh draws."""
     return np.random.default_rng(0x5EED).standard_normal(1 << 20).astype(np.float32)
 
 
@@ -303,7 +309,7 @@ def _render(sim: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
             _Shape.square(ox, oy, 0.88 * r, sim["angle"][:, j]).paint(image, colours[j])
         else:
             _Shape.disc(ox, oy, r).paint(image, colours[j])
-    if sim["marble"][0, 0] > -100:
+    if "marble" in sim:
         tone = rng.uniform(0.8, 1.0, 3).astype(np.float32)
         _Shape.disc(sim["marble"][:, 0], sim["marble"][:, 1], 2.2).paint(image, tone)
 
@@ -380,32 +386,41 @@ def ensure_synthetic(
     workers: int | None = None, progress: bool = False,
 ) -> Path:
     """Generate the synthetic dataset (course layout and packed cache) under root unless it is already
-    complete with these sizes and seed. The marker is written last, so an interrupted run is redone;
-    a root holding data this function did not write is never overwritten."""
+    complete with these sizes and seed; rebuild only the cache if that is what is missing.
+
+    The marker is written last, so an interrupted run is redone. A file lock makes concurrent callers
+    (parallel sweep trials, DDP ranks) wait for one generation. A root holding data this function did
+    not write is never overwritten.
+    """
     root = Path(root)
     sizes = {"train": n_train, "validate": n_val, "test": n_test}
     if min(sizes.values()) < 1 or seed < 0:
         raise DataError(f"synthetic data: sizes must be >= 1 and seed >= 0, got {sizes}, seed {seed}")
     params = {"generator": GENERATOR_VERSION, "seed": seed, **sizes}
-    marker = root / MARKER
-    if _read_json(marker) == params:
-        stale = tuple(split for split in SPLITS if not cache.is_current(root, split))
-        if stale:
-            cache.pack(root, stale, workers=workers, progress=progress)
-        return root
-    ours = marker.exists() or (root / _PARTIAL).exists()
+    ours = (root / MARKER).exists() or (root / _PARTIAL).exists()
     if not ours and any((root / split).exists() for split in SPLITS):
         raise DataError(f"data.root: {root} holds data that ensure_synthetic did not write; "
                         "refusing to overwrite it (choose another data.root)")
     root.mkdir(parents=True, exist_ok=True)
+    with open(root / _LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _read_json(root / MARKER) != params:
+            _generate(root, params, workers or os.cpu_count() or 1, progress)
+        stale = tuple(split for split in SPLITS if not cache.is_current(root, split))
+        if stale:
+            cache.pack(root, stale, workers=workers, progress=progress)
+    return root
+
+
+def _generate(root: Path, params: dict, workers: int, progress: bool) -> None:
     (root / _PARTIAL).write_text(json.dumps(params))
-    marker.unlink(missing_ok=True)
-    workers = workers or os.cpu_count() or 1
+    (root / MARKER).unlink(missing_ok=True)
     with cache.pool_context().Pool(workers) as pool:
-        for split, count in sizes.items():
+        for split in SPLITS:
+            count = params[split]
             shutil.rmtree(root / split, ignore_errors=True)
             frames_tmp, conditions_tmp = cache.begin(root, split, count, SEQ_LEN)
-            jobs = [(root, split, seed, start, min(start + _CHUNK, count), frames_tmp, conditions_tmp)
+            jobs = [(root, split, params["seed"], start, min(start + _CHUNK, count), frames_tmp, conditions_tmp)
                     for start in range(0, count, _CHUNK)]
             with cache.progress_bar(progress, count, f"synthetic {split}", "seq") as bar:
                 for done in pool.imap_unordered(_generate_chunk, jobs):
@@ -413,9 +428,8 @@ def ensure_synthetic(
             cache.commit(root, split, cache.fingerprint(root / split), origin="synthetic")
     tmp = root / (MARKER + ".tmp")
     tmp.write_text(json.dumps(params, indent=1))
-    os.replace(tmp, marker)
+    os.replace(tmp, root / MARKER)
     (root / _PARTIAL).unlink()
-    return root
 
 
 def _read_json(path: Path) -> dict | None:

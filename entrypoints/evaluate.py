@@ -1,0 +1,71 @@
+"""Evaluate a checkpoint: test PSNR/SSIM (the seed's protocol and the long horizon), best of N samples,
+the copy-last-frame baseline, per-frame curves with 95% intervals, GIFs; logged to the checkpoint's W&B run.
+
+python entrypoints/evaluate.py runs/cpu/checkpoints/best.pt
+python entrypoints/evaluate.py runs/cpu/checkpoints/best.pt --split test --samples 100 --out results/cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from svg.cli import run_cli
+from svg.config import OneLineParser
+
+
+def positive(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint written by train.py (e.g. RUN/checkpoints/best.pt)")
+    parser.add_argument("--split", choices=["train", "validate", "test"], default="test", help="(default: test)")
+    parser.add_argument(
+        "--out", type=Path, help="results JSON; GIF, strip and plot go beside it (default: RUN/eval/SPLIT-NAME.json)"
+    )
+    parser.add_argument("--data.root", dest="data_root", help="dataset folder (default: the checkpoint's data.root)")
+    parser.add_argument(
+        "--samples", type=positive, default=10, help="samples from the prior per sequence (default: 10)"
+    )
+    parser.add_argument(
+        "--frames", type=positive, default=10, help="predicted frames the headline figures average (default: 10)"
+    )
+    parser.add_argument(
+        "--horizon", type=positive, help="predicted frames per sequence (default: all after the context, 28)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prior samples (default: 0)")
+    parser.add_argument("--limit", type=positive, help="score only the first N sequences (default: all)")
+    parser.add_argument("--batch-size", type=positive, help="sequences per batch (default: the checkpoint's)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default: auto)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="(default: fp32)")
+    parser.add_argument(
+        "--tracking",
+        choices=["auto", "online", "offline", "disabled"],
+        help="W&B mode (default: the checkpoint's tracking.mode)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
+    def go() -> None:
+        from svg.evaluation import Options, default_output, evaluate_checkpoint, headline
+
+        opts = Options(
+            split=args.split, data_root=args.data_root, samples=args.samples, frames=args.frames,
+            horizon=args.horizon, seed=args.seed, limit=args.limit, batch_size=args.batch_size,
+            device=args.device, precision=args.precision, tracking=args.tracking, progress=not args.no_progress,
+        )  # fmt: skip
+        out = args.out or default_output(args.checkpoint, args.split)
+        result = evaluate_checkpoint(args.checkpoint, out, opts)
+        print(f"{args.split}: {headline(result)}; results in {out}")
+
+    return run_cli("evaluate.py", go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
