@@ -35,6 +35,23 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+## throughput of the project's step vs the seed's per-frame step, loaders, prediction -> bench/<preset>.json
+## (CONFIG=seed for the full VGG model)
+bench: $(STAMP)
+	$(BIN)/python entrypoints/bench.py --config $(or $(CONFIG),cpu) --out bench/$(or $(CONFIG),cpu).json $(ARGS)
+
+## the KL-annealing study offline (monotonic vs cyclical, CPU preset, trials shortened to ~15 min on 2 cores;
+## resumes if interrupted), then its report: runs/sweep-annealing/report/report.html
+sweep: $(STAMP)
+	$(BIN)/python entrypoints/sweep.py sweeps/annealing.yaml --out runs/sweep-annealing --resume --parallel 2 \
+		--set kl.ratio=0.5 --set train.epochs=8 --set train.iters_per_epoch=40 --set data.batch_size=8 \
+		--set train.val_sequences=32 $(ARGS)
+	$(BIN)/python entrypoints/report.py runs/sweep-annealing
+
+## compare a sweep folder or run folders in one HTML page (RUNS=runs/...)
+report: $(STAMP)
+	$(BIN)/python entrypoints/report.py $(or $(RUNS),runs/sweep-annealing) $(ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check svg entrypoints tests
 	$(BIN)/ruff format --check svg entrypoints tests

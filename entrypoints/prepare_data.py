@@ -1,5 +1,5 @@
 """Create or convert data: the synthetic default, the official BAIR TFRecords, or a packed cache of any
-course-layout tree (DESIGN §6). Bad input exits with code 2 and one line on stderr."""
+course-layout tree. Bad input exits with code 2 and one line on stderr."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ python entrypoints/train.py --config cpu --out runs/first --resume auto
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,9 +15,23 @@ from svg.cli import run_cli
 from svg.config import OneLineParser, add_experiment_arguments, experiment_from_args
 
 
+def default_out(exp) -> Path:
+    """runs/<run name>; under `wandb agent` runs/sweep-<sweep id>/<run id>, one folder per agent run."""
+    from svg.tracking import run_name
+
+    sweep, run = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
+    if sweep and run:
+        return Path("runs") / f"sweep-{sweep}" / run
+    return Path("runs") / (exp.tracking.name or run_name(exp))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, help="run folder (default: runs/<W&B-style run name>)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="run folder (default: runs/<run name>; under wandb agent runs/sweep-<sweep id>/<run id>)",
+    )
     parser.add_argument(
         "--resume",
         nargs="?",
@@ -28,11 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def go() -> None:
-        from svg.tracking import run_name
         from svg.train import Trainer
 
         exp = experiment_from_args(args)
-        out = args.out or Path("runs") / (exp.tracking.name or run_name(exp))
+        out = args.out or default_out(exp)
         result = Trainer(exp, out, resume=args.resume).fit()
         if "val/psnr" in result:
             print(

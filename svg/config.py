@@ -34,7 +34,7 @@ class Section(BaseModel):
 class Data(Section):
     root: str = Field("data/synthetic", description="dataset folder in the course layout (or with a packed cache)")
     synthetic: bool = Field(
-        True, description="generate the embedded synthetic dataset at data.root when it is not there yet"
+        True, description="generate the embedded synthetic dataset at data.root unless another dataset is there"
     )
     n_train: int = Field(2000, gt=0, description="synthetic training sequences to generate")
     n_val: int = Field(128, gt=0, description="synthetic validation sequences to generate")

@@ -7,6 +7,7 @@ optimizer, RNG states, position in the data stream, partial epoch sums, W&B run 
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import random
@@ -22,7 +23,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from svg.config import Experiment, to_yaml
-from svg.data import ensure_synthetic, eval_batches, open_split, train_batches
+from svg.data import ensure_synthetic, eval_batches, holds_other_data, open_split, train_batches
 from svg.errors import Interrupted, SvgError
 from svg.evaluation import MEDIA_SAMPLES, MEDIA_SEQUENCES, evaluate, summarize
 from svg.losses import active_units
@@ -52,6 +53,19 @@ def cpu_has_fast_bf16() -> bool:
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed activation buffers instead of returning them to the OS: otherwise every
+    CPU training step page-faults its large tensors in again (measured: ~100k faults and ~20% slower)."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD: its maximum, so buffers come from the heap
+    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap
+
+
 def setup_runtime(exp: Experiment) -> Runtime:
     """Device, precision, threads and (under torchrun) the process group."""
     cfg = exp.train
@@ -69,6 +83,7 @@ def setup_runtime(exp: Experiment) -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
     else:
         device = torch.device("cpu")
+        keep_freed_memory()
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     if cfg.threads:
@@ -196,7 +211,7 @@ class Trainer:
         self.tf_gen = torch.Generator().manual_seed(cfg.seed + 1000 * self.rt.rank)
 
         data = exp.data
-        if data.synthetic and self.rt.main:
+        if data.synthetic and self.rt.main and not holds_other_data(data.root):
             ensure_synthetic(data.root, data.n_train, data.n_val, data.n_test, seed=0)
         if self.rt.world_size > 1:
             dist.barrier()

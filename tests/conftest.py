@@ -34,7 +34,7 @@ def run_entrypoint(name: str, *args: str, cwd: Path | None = None, timeout: int 
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "OMP_NUM_THREADS": "2", **(env or {})},
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
     )
 
 

@@ -7,13 +7,13 @@ from svg.data.bair import convert as convert_tfrecords
 from svg.data.cache import pack
 from svg.data.course import COND_DIM, FRAME_SHAPE, SEQ_LEN, SPLITS
 from svg.data.errors import DataError, DataWarning
-from svg.data.synthetic import ensure_synthetic
+from svg.data.synthetic import ensure_synthetic, holds_other_data
 
 _LOADERS = ("CacheDataset", "CourseDataset", "eval_batches", "open_split", "train_batches")
 
 __all__ = [
     "COND_DIM", "FRAME_SHAPE", "SEQ_LEN", "SPLITS", "DataError", "DataWarning", "convert_tfrecords",
-    "ensure_synthetic", "pack", *_LOADERS,
+    "ensure_synthetic", "holds_other_data", "pack", *_LOADERS,
 ]
 
 

@@ -11,7 +11,7 @@ Conditions per frame are BAIR's: action (dx, dy, dz, grip) taken at that frame, 
 position (x, y, z) shown in it, all within [-1, 1]. x, y map to pixels as 32 + 32 * value (the centre
 of the two fingers), z = 2 * height - 1. What the conditions leave out (each object's friction, the
 kick and deflection a push gives, the marble's wandering) makes the future partly random given the
-past: the reason SVG's stochastic latent exists (DESIGN §10).
+past: the reason SVG's stochastic latent exists.
 
 Every sequence is drawn from numpy's default_rng([seed, split, index]), so the data is the same for
 any number of worker processes.
@@ -381,6 +381,13 @@ def _generate_chunk(job: tuple[Path, str, int, int, int, Path, Path]) -> int:
     return stop - start
 
 
+def holds_other_data(root: str | Path) -> bool:
+    """True when root holds a dataset (splits or a packed cache) that ensure_synthetic did not write."""
+    root = Path(root)
+    ours = (root / MARKER).exists() or (root / _PARTIAL).exists()
+    return not ours and any((root / name).exists() for name in (*SPLITS, ".cache"))
+
+
 def ensure_synthetic(
     root: str | Path, n_train: int, n_val: int, n_test: int, seed: int,
     workers: int | None = None, progress: bool = False,
@@ -397,8 +404,7 @@ def ensure_synthetic(
     if min(sizes.values()) < 1 or seed < 0:
         raise DataError(f"synthetic data: sizes must be >= 1 and seed >= 0, got {sizes}, seed {seed}")
     params = {"generator": GENERATOR_VERSION, "seed": seed, **sizes}
-    ours = (root / MARKER).exists() or (root / _PARTIAL).exists()
-    if not ours and any((root / split).exists() for split in SPLITS):
+    if holds_other_data(root):
         raise DataError(f"data.root: {root} holds data that ensure_synthetic did not write; "
                         "refusing to overwrite it (choose another data.root)")
     root.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,18 @@ def per_step_statistics(module: nn.Module, steps: int):
             m.steps = 1
 
 
+def _encoder_head(cin: int, g_dim: int) -> nn.Sequential:
+    """4x4 features -> the g_dim frame code, squashed to (-1, 1)."""
+    return nn.Sequential(nn.Conv2d(cin, g_dim, 4, 1, 0), StepBatchNorm2d(g_dim), nn.Tanh())
+
+
+def _decoder_head(g_dim: int, cout: int) -> nn.Sequential:
+    """The g_dim frame code -> 4x4 features."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(g_dim, cout, 4, 1, 0), StepBatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True)
+    )
+
+
 def _vgg_layer(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1), StepBatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
 
@@ -68,7 +80,7 @@ class VGGEncoder(nn.Module):
                 nn.Sequential(*(_vgg_layer(4 * c if i == 0 else 8 * c, 8 * c) for i in range(3))),
             ]
         )
-        self.head = nn.Sequential(nn.Conv2d(8 * c, g_dim, 4, 1, 0), StepBatchNorm2d(g_dim), nn.Tanh())
+        self.head = _encoder_head(8 * c, g_dim)
         self.pool = nn.MaxPool2d(2, 2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -83,9 +95,7 @@ class VGGDecoder(nn.Module):
     def __init__(self, g_dim: int, channels: int = 64):
         super().__init__()
         c = channels
-        self.head = nn.Sequential(
-            nn.ConvTranspose2d(g_dim, 8 * c, 4, 1, 0), StepBatchNorm2d(8 * c), nn.LeakyReLU(0.2, inplace=True)
-        )
+        self.head = _decoder_head(g_dim, 8 * c)
         self.blocks = nn.ModuleList(
             [
                 nn.Sequential(_vgg_layer(16 * c, 8 * c), _vgg_layer(8 * c, 8 * c), _vgg_layer(8 * c, 4 * c)),
@@ -116,7 +126,7 @@ class DCGANEncoder(nn.Module):
         super().__init__()
         c = channels
         self.blocks = nn.ModuleList([_down(3, c), _down(c, 2 * c), _down(2 * c, 4 * c), _down(4 * c, 8 * c)])
-        self.head = nn.Sequential(nn.Conv2d(8 * c, g_dim, 4, 1, 0), StepBatchNorm2d(g_dim), nn.Tanh())
+        self.head = _encoder_head(8 * c, g_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = []
@@ -130,9 +140,7 @@ class DCGANDecoder(nn.Module):
     def __init__(self, g_dim: int, channels: int = 64):
         super().__init__()
         c = channels
-        self.head = nn.Sequential(
-            nn.ConvTranspose2d(g_dim, 8 * c, 4, 1, 0), StepBatchNorm2d(8 * c), nn.LeakyReLU(0.2, inplace=True)
-        )
+        self.head = _decoder_head(g_dim, 8 * c)
         self.blocks = nn.ModuleList(
             [
                 _up(16 * c, 4 * c),

@@ -39,11 +39,4 @@ def reference_step(
         x_pred = model.decoder(g, skip)
         preds.append(x_pred)
         mse = mse + reconstruction(x_pred, x[t])
-    kl_all = torch.stack(kls).float()
-    return StepResult(
-        mse=mse,
-        kld=kl_all.sum(2).mean(1).sum(),
-        kld_per_dim=kl_all.detach().mean((0, 1)),
-        pred=torch.stack(preds).detach(),
-        steps=steps - 1,
-    )
+    return StepResult.collect(mse, kls, preds)

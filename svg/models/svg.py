@@ -37,6 +37,18 @@ class StepResult:
     """(T-1, B, 3, 64, 64) predictions of x_1..x_{T-1}, detached."""
     steps: int
 
+    @classmethod
+    def collect(cls, mse: torch.Tensor, kls: list[torch.Tensor], preds: list[torch.Tensor]) -> StepResult:
+        """Sum the per-step terms; ``kls`` holds (B, z) KL per step, ``preds`` (B, 3, H, W) per step."""
+        kl_all = torch.stack(kls).float()  # (T-1, B, z)
+        return cls(
+            mse=mse,
+            kld=kl_all.sum(2).mean(1).sum(),
+            kld_per_dim=kl_all.detach().mean((0, 1)),
+            pred=torch.stack(preds).detach(),
+            steps=len(kls),
+        )
+
 
 class SVG(nn.Module):
     def __init__(self, cfg: Model):
@@ -125,14 +137,7 @@ class SVG(nn.Module):
                 preds.append(x_prev)
                 mse = mse + reconstruction(x_prev, x[t])
 
-        kl_all = torch.stack(kls).float()  # (T-1, B, z)
-        return StepResult(
-            mse=mse,
-            kld=kl_all.sum(2).mean(1).sum(),
-            kld_per_dim=kl_all.detach().mean((0, 1)),
-            pred=torch.stack(preds).detach(),
-            steps=steps - 1,
-        )
+        return StepResult.collect(mse, kls, preds)
 
     forward = training_step
     """``forward`` is the training step, so DistributedDataParallel can wrap the model."""

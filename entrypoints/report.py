@@ -1,0 +1,40 @@
+"""Compare runs in one self-contained HTML page: results table, curves overlaid per run, each run's latest GIF.
+
+python entrypoints/report.py runs/sweep-annealing
+python entrypoints/report.py runs/cpu runs/cyc --out runs/report
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from svg.cli import run_cli
+from svg.config import OneLineParser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(prog="report.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "paths", nargs="+", type=Path, help="a sweep folder (sweep.json), run folders, or folders of run folders"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder for report.html and the PNGs (default: PATH/report for one path, else runs/report)",
+    )
+    parser.add_argument("--title", help="page title (default: the sweep's name)")
+    args = parser.parse_args(argv)
+
+    def go() -> None:
+        from svg.report import write_report
+
+        out = args.out or (args.paths[0] / "report" if len(args.paths) == 1 else Path("runs") / "report")
+        path = write_report(args.paths, out, args.title)
+        print(f"report: {path.resolve().as_uri()}")
+
+    return run_cli("report.py", go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The comparison report: table, curves and GIFs from sweep and run folders, in one self-contained page."""
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_entrypoint
+from PIL import Image
+
+from svg.config import load_experiment, to_yaml
+from svg.report import collect, varied, write_report
+
+PNGS = ["val_psnr.png", "kld.png", "beta.png", "tfr.png", "psnr_per_frame.png"]
+
+
+def fake_run(path: Path, lr: float, mode: str, psnr: list[float], evaluation: dict | None = None) -> Path:
+    """A run folder as train.py leaves it: config.yaml, metrics.jsonl, media/epochNNNN.gif (+ the evaluator's JSON)."""
+    path.mkdir(parents=True)
+    exp = load_experiment("smoke", {"optim.lr": lr, "kl.mode": mode})
+    (path / "config.yaml").write_text(to_yaml(exp))
+    lines = []
+    for epoch, value in enumerate(psnr, start=1):
+        lines.append({"iter": epoch * 3, "epoch": epoch - 1, "train/loss": 0.01, "train/kld": 0.1})
+        lines.append({"epoch": epoch, "iter": epoch * 3, "beta": 0.5 * epoch, "tfr": 1.0 - 0.1 * epoch,
+                      "epoch/kld": 0.2 / epoch, "val/psnr": value, "val/psnr_best": max(psnr[:epoch]),
+                      "val/psnr_copy_last": 20.0, "val/ssim": 0.8, "kl/active_units": 2,
+                      "val/psnr_per_frame": [value + 1, value, value - 1]})  # fmt: skip
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (path / "media").mkdir()
+    for epoch in (1, len(psnr)):
+        frames = [Image.fromarray(np.full((20, 30, 3), 40 * epoch + 10 * i, np.uint8)) for i in range(3)]
+        frames[0].save(path / "media" / f"epoch{epoch:04d}.gif", save_all=True, append_images=frames[1:])
+    if evaluation:
+        (path / "eval").mkdir()
+        (path / "eval" / "test-best.json").write_text(
+            json.dumps({"split": "test", "checkpoint": "x/best.pt", **evaluation})
+        )
+    return path
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    out = tmp_path / "sweep"
+    fake_run(
+        out / "aaaa1111", 0.002, "monotonic", [20.5, 21.25, 21.0], {"psnr": 22.5, "ssim": 0.81, "psnr_best_of_n": 23.75}
+    )
+    fake_run(out / "bbbb2222", 0.002, "cyclical", [20.25, 20.75, 21.5])
+    parameters = {"config": {"value": "smoke"}, "kl.mode": {"values": ["monotonic", "cyclical", "sigmoid"]}}
+    config = {"name": "demo", "method": "grid", "metric": {"name": "val/psnr_best", "goal": "maximize"},
+              "parameters": parameters}  # fmt: skip
+    trials = [
+        {"id": "aaaa1111", "params": {"config": "smoke", "kl.mode": "monotonic"}, "state": "finished"},
+        {"id": "bbbb2222", "params": {"config": "smoke", "kl.mode": "cyclical"}, "state": "finished"},
+        {"id": "cccc3333", "params": {"config": "smoke", "kl.mode": "sigmoid"}, "state": "failed",
+         "error": "train.py: kl.mode: Input should be 'monotonic', 'cyclical' or 'none' (got 'sigmoid')"},
+    ]  # fmt: skip
+    record = {"sweep_id": "swp00001", "source": "sweeps/demo.yaml", "config": config, "trials": trials}
+    (out / "sweep.json").write_text(json.dumps(record))
+    return out
+
+
+def test_sweep_report_is_one_self_contained_page(sweep_dir, tmp_path):
+    page = write_report([sweep_dir], tmp_path / "report")
+    text = page.read_text()
+    assert sorted(p.name for p in page.parent.glob("*.png")) == sorted(PNGS)
+    sources = re.findall(r"src='([^']*)'", text)
+    assert len(sources) == len(PNGS) + 2 and all(s.startswith("data:image/") for s in sources)
+    assert "href=" not in text and "url(" not in text  # nothing fetched from anywhere
+    latest = base64.b64encode((sweep_dir / "bbbb2222" / "media" / "epoch0003.gif").read_bytes()).decode()
+    assert latest in text  # each run's latest GIF, not an older one
+    first = base64.b64encode((sweep_dir / "bbbb2222" / "media" / "epoch0001.gif").read_bytes()).decode()
+    assert first not in text
+    for expected in ("Sweep demo", "kl.mode", "cyclical", "sigmoid", "failed", "got &#x27;sigmoid&#x27;", "22.50",
+                     "23.75", "21.25", "21.50"):  # fmt: skip
+        assert expected in text, expected
+
+
+def test_table_rows_hold_best_final_baseline_and_test_psnr(sweep_dir):
+    runs, searched, sweep = collect([sweep_dir])
+    assert sweep["sweep_id"] == "swp00001" and searched == ["kl.mode"]
+    assert varied(runs, searched) == ["kl.mode"]  # optim.lr is the same everywhere, so not a column
+    mono, cyc, failed = runs
+    assert mono.best_psnr == 21.25 and mono.last("val/psnr") == 21.0 and mono.last("val/psnr_copy_last") == 20.0
+    assert mono.evaluation["psnr"] == 22.5 and mono.evaluation["file"] == "eval/test-best.json"
+    assert cyc.evaluation is None and cyc.best_psnr == 21.5
+    assert failed.state == "failed" and failed.records == [] and failed.config["kl.mode"] == "sigmoid"
+
+
+def test_run_folders_compare_on_what_differs(tmp_path):
+    fake_run(tmp_path / "runs" / "slow", 0.0002, "monotonic", [19.0, 19.5])
+    fake_run(tmp_path / "runs" / "fast", 0.002, "monotonic", [20.0, 20.5])
+    runs, searched, sweep = collect([tmp_path / "runs"])  # a folder of run folders
+    assert [r.name for r in runs] == ["fast", "slow"] and sweep is None
+    assert varied(runs, searched) == ["optim.lr"]
+    page = write_report([tmp_path / "runs" / "slow", tmp_path / "runs" / "fast"], tmp_path / "out")
+    assert "Run comparison" in page.read_text() and "optim.lr" in page.read_text()
+
+
+def test_report_entrypoint_on_a_real_sweep(tmp_path):
+    data = tmp_path / "data"
+    sweep = run_entrypoint("sweep", str(ROOT / "sweeps" / "smoke.yaml"), "--out", str(tmp_path / "sw"), "--threads",
+                           "1", "--set", "kl.mode=cyclical", "--set", f"data.root={data}")  # fmt: skip
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    proc = run_entrypoint("report", str(tmp_path / "sw"))
+    assert proc.returncode == 0, proc.stderr
+    page = tmp_path / "sw" / "report" / "report.html"
+    assert proc.stdout.strip() == f"report: {page.as_uri()}"
+    text = page.read_text()
+    assert "data:image/gif;base64," in text and "finished" in text
+    assert re.search(r"<td>1\d\.\d\d</td>", text)  # a val PSNR in dB made it into the table
+
+
+def test_nothing_to_report_exits_2_in_one_line(tmp_path):
+    proc = run_entrypoint("report", str(tmp_path))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no sweep.json" in proc.stderr, proc.stderr
