@@ -15,47 +15,34 @@ import json
 import sys
 from pathlib import Path
 
-from svg.cli import run_cli
+from svg.cli import at_least, run_cli
 from svg.config import OneLineParser, add_experiment_arguments, experiment_from_args
-
-
-def _count(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="bench.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="JSON report (default: bench/<preset>-<device>.json)")
-    parser.add_argument("--steps", type=_count(1), default=5, help="timed training steps per arm (default: 5)")
+    parser.add_argument("--steps", type=at_least(1), default=5, help="timed training steps per arm (default: 5)")
     parser.add_argument(
-        "--warmup", type=_count(1), default=1,
+        "--warmup", type=at_least(1), default=1,
         help="untimed steps per arm before timing; the last gives the peak memory (default: 1; 2+ with compile)",
     )  # fmt: skip
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="= --train.precision")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="= --train.channels_last")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="= --train.compile")
-    parser.add_argument("--threads", type=_count(1), help="= --train.threads")
+    parser.add_argument("--threads", type=at_least(1), help="= --train.threads")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= --train.device")
-    parser.add_argument("--batch-size", type=_count(1), help="= --data.batch_size")
+    parser.add_argument("--batch-size", type=at_least(1), help="= --data.batch_size")
     parser.add_argument(
         "--teacher-forcing", choices=["on", "off"], default="on",
         help="time the teacher-forced step (decoder batched over time) or the one fed its own predictions",
     )  # fmt: skip
     parser.add_argument("--no-reference", action="store_true", help="skip the seed's per-frame fp32 step")
-    parser.add_argument("--eval-batches", type=_count(0), default=2, help="timed model.predict batches (default: 2)")
+    parser.add_argument("--eval-batches", type=at_least(0), default=2, help="timed model.predict batches (default: 2)")
     parser.add_argument(
-        "--loader-batches", type=_count(0), default=20, help="timed batches per loader, 0 = skip (default: 20)"
+        "--loader-batches", type=at_least(0), default=20, help="timed batches per loader, 0 = skip (default: 20)"
     )
-    parser.add_argument("--loader-workers", type=_count(0), default=0, help="loader worker processes (default: 0)")
+    parser.add_argument("--loader-workers", type=at_least(0), default=0, help="loader worker processes (default: 0)")
     parser.add_argument(
         "--data-root", type=Path, help="dataset to load from (default: a small synthetic set in a temp folder)"
     )

@@ -7,19 +7,11 @@ python entrypoints/evaluate.py runs/cpu/checkpoints/best.pt --split test --sampl
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from svg.cli import run_cli
+from svg.cli import at_least, run_cli
 from svg.config import OneLineParser
-
-
-def positive(text: str) -> int:
-    value = int(text) if text.lstrip("-").isdigit() else 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,17 +23,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data.root", dest="data_root", help="dataset folder (default: the checkpoint's data.root)")
     parser.add_argument(
-        "--samples", type=positive, default=10, help="samples from the prior per sequence (default: 10)"
+        "--samples", type=at_least(1), default=10, help="samples from the prior per sequence (default: 10)"
     )
     parser.add_argument(
-        "--frames", type=positive, default=10, help="predicted frames the headline figures average (default: 10)"
+        "--frames", type=at_least(1), default=10, help="predicted frames the headline figures average (default: 10)"
     )
     parser.add_argument(
-        "--horizon", type=positive, help="predicted frames per sequence (default: all after the context, 28)"
+        "--horizon", type=at_least(1), help="predicted frames per sequence (default: all after the context, 28)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the prior samples (default: 0)")
-    parser.add_argument("--limit", type=positive, help="score only the first N sequences (default: all)")
-    parser.add_argument("--batch-size", type=positive, help="sequences per batch (default: the checkpoint's)")
+    parser.add_argument("--limit", type=at_least(1), help="score only the first N sequences (default: all)")
+    parser.add_argument("--batch-size", type=at_least(1), help="sequences per batch (default: the checkpoint's)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default: auto)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="(default: fp32)")
     parser.add_argument(

@@ -53,15 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="the extracted softmotion30_44k folder (holding train/ and test/)")
     p.add_argument("--out", required=True, help="ROOT to write into")
     p.add_argument("--pack", action="store_true", help="write only the packed cache, no PNGs")
-    p.add_argument("--val-fraction", type=float, default=0.05,
-                   help="share of train files held out for validate/ (default 0.05)")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.05, help="share of train files held out for validate/ (default 0.05)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out file choice (default 0)")
     p.set_defaults(run=_tfrecord)
 
     p = commands.add_parser("pack", help="pack a course-layout tree into ROOT/.cache (memory-mapped arrays)")
     p.add_argument("root", help="ROOT holding train/, validate/, test/")
-    p.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
-                   help="splits to pack (default all three)")
+    p.add_argument(
+        "--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="splits to pack (default all three)"
+    )
     p.add_argument("--seq-len", type=int, default=30, help="frames kept per sequence (default 30)")
     p.add_argument("--skip-bad", action="store_true", help="skip bad sequences with a warning, don't fail")
     p.set_defaults(run=_pack)
@@ -73,8 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.showwarning = lambda message, *_a, **_k: print(f"prepare_data: warning: {message}",
-                                                            file=sys.stderr)
+    warnings.showwarning = lambda message, *_a, **_k: print(f"prepare_data: warning: {message}", file=sys.stderr)
     try:
         print(args.run(args))
     except SvgError as e:

@@ -8,19 +8,11 @@ python entrypoints/sweep.py sweeps/annealing.yaml --set kl.ratio=0.5 --set train
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from svg.cli import run_cli
+from svg.cli import at_least, run_cli
 from svg.config import OneLineParser
-
-
-def positive(text: str) -> int:
-    value = int(text) if text.isdigit() else 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,10 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep", type=Path, help="a W&B sweep YAML (the same file `wandb sweep` takes)")
     parser.add_argument("--out", type=Path, help="sweep folder: sweep.json + one run folder per trial "
                         "(default: runs/sweep-<YAML name>)")  # fmt: skip
-    parser.add_argument("--count", type=positive, help="trials in the sweep at most (needed for random and bayes)")
-    parser.add_argument("--parallel", type=positive, default=1, help="trials run at once (default: 1)")
+    parser.add_argument("--count", type=at_least(1), help="trials in the sweep at most (needed for random and bayes)")
+    parser.add_argument("--parallel", type=at_least(1), default=1, help="trials run at once (default: 1)")
     parser.add_argument(
-        "--threads", type=positive, help="CPU threads per trial, set as OMP_NUM_THREADS (default: cores / parallel)"
+        "--threads", type=at_least(1), help="CPU threads per trial, set as OMP_NUM_THREADS (default: cores / parallel)"
     )
     parser.add_argument(
         "--set",

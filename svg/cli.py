@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -21,3 +22,18 @@ def run_cli(prog: str, body: Callable[[], None]) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: a whole number >= ``minimum``, else a one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
