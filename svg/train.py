@@ -212,7 +212,7 @@ class Trainer:
 
         data = exp.data
         if data.synthetic and self.rt.main and not holds_other_data(data.root):
-            ensure_synthetic(data.root, data.n_train, data.n_val, data.n_test, seed=0)
+            ensure_synthetic(data.root, data.n_train, data.n_val, data.n_test, seed=0, progress=True)
         if self.rt.world_size > 1:
             dist.barrier()
         self.seq_len = cfg.n_past + cfg.n_future
