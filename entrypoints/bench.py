@@ -20,7 +20,10 @@ from svg.config import OneLineParser, add_experiment_arguments, experiment_from_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="bench.py", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(
+        prog="bench.py", description=__doc__.split("\n\n")[0],
+        epilog="Without --config: the seed preset where CUDA is available, else the cpu preset.",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, help="JSON report (default: bench/<preset>-<device>.json)")
     parser.add_argument("--steps", type=at_least(1), default=5, help="timed training steps per arm (default: 5)")
     parser.add_argument(

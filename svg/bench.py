@@ -1,11 +1,12 @@
 """Throughput of training, evaluation and data loading, measured beside the seed's per-frame fp32 step.
 
-The preset's model is built twice with the same weights. The project arm runs ``SVG.training_step``
-under the runtime the trainer would choose (device, precision, channels_last, compile, threads); the
-reference arm runs ``reference_step`` in plain fp32, contiguous, eager. Both arms take the same batches
+Every arm gets its own copy of the preset's model, all from the same initial weights. The project arm
+runs ``SVG.training_step`` under the runtime the trainer would choose (device, precision,
+channels_last, compile, threads); the reference arm runs ``reference_step`` in plain fp32, contiguous,
+eager; variant arms change one setting of the project's (an A/B test). All arms take the same batches
 and the same noise and alternate step by step in one process (A B, B A, A B, ...), so machine drift,
-which is large on a shared CPU, lands on both; the ratio of their step times is the number to trust,
-more than either time alone. A step is what ``Trainer._step`` does: layout conversion, forward,
+which is large on a shared CPU, lands on all of them; the ratio of their step times is the number to
+trust, more than any time alone. A step is what ``Trainer._step`` does: layout conversion, forward,
 backward, optimizer step and one ``loss.item()``.
 """
 
