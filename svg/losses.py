@@ -19,8 +19,9 @@ def kl_between_gaussians(
 
 
 def reconstruction(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over every pixel and channel, computed in fp32 whatever the autocast dtype."""
-    return F.mse_loss(pred.float(), target.float())
+    """Mean squared error over every pixel and channel, in at least fp32 whatever the autocast dtype."""
+    dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
+    return F.mse_loss(pred.to(dtype), target.to(dtype))
 
 
 def active_units(kl_per_dim: torch.Tensor, threshold: float = 0.01) -> int:

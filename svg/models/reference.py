@@ -39,4 +39,4 @@ def reference_step(
         x_pred = model.decoder(g, skip)
         preds.append(x_pred)
         mse = mse + reconstruction(x_pred, x[t])
-    return StepResult.collect(mse, kls, preds)
+    return StepResult.collect(mse, kls, torch.stack(preds))

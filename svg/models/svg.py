@@ -38,14 +38,14 @@ class StepResult:
     steps: int
 
     @classmethod
-    def collect(cls, mse: torch.Tensor, kls: list[torch.Tensor], preds: list[torch.Tensor]) -> StepResult:
-        """Sum the per-step terms; ``kls`` holds (B, z) KL per step, ``preds`` (B, 3, H, W) per step."""
+    def collect(cls, mse: torch.Tensor, kls: list[torch.Tensor], pred: torch.Tensor) -> StepResult:
+        """Sum the per-step terms; ``kls`` holds (B, z) KL per step, ``pred`` is (T-1, B, 3, H, W)."""
         kl_all = torch.stack(kls).float()  # (T-1, B, z)
         return cls(
             mse=mse,
             kld=kl_all.sum(2).mean(1).sum(),
             kld_per_dim=kl_all.detach().mean((0, 1)),
-            pred=torch.stack(preds).detach(),
+            pred=pred.detach(),
             steps=len(kls),
         )
 
@@ -114,10 +114,9 @@ class SVG(nn.Module):
                 g, pred_state = self.predictor(torch.cat([cond[t], h_gt[t - 1], z], 1), pred_state)
                 gs.append(g)
             index = torch.tensor([self.skip_source(t, n_past) for t in range(1, steps)], device=x.device)
-            pred = self.decode_steps(torch.stack(gs), [s.index_select(0, index) for s in skips_gt])
-            for t in range(1, steps):
-                mse = mse + reconstruction(pred[t - 1], x[t])
-            preds = list(pred)
+            # plain indexing keeps the skips' memory format (index_select would return them contiguous)
+            pred = self.decode_steps(torch.stack(gs), [s[index] for s in skips_gt])
+            mse = reconstruction(pred, x[1:]) * (steps - 1)  # every step has as many pixels: sum of step means
         else:
             x_prev, skip = x[0], [s[0] for s in skips_gt]
             for t in range(1, steps):
@@ -137,7 +136,8 @@ class SVG(nn.Module):
                 preds.append(x_prev)
                 mse = mse + reconstruction(x_prev, x[t])
 
-        return StepResult.collect(mse, kls, preds)
+            pred = torch.stack(preds)
+        return StepResult.collect(mse, kls, pred)
 
     forward = training_step
     """``forward`` is the training step, so DistributedDataParallel can wrap the model."""
