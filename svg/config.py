@@ -14,13 +14,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from svg.data.course import SEQ_LEN
 from svg.errors import SvgError
+from svg.values import dotted
 
-SEQ_LEN = 30
-"""Frames per sequence in BAIR and in the embedded synthetic data."""
-
-COND_DIM = 7
-"""Per-step condition: action (4) + end-effector position (3)."""
 
 
 class ConfigError(SvgError):
@@ -212,7 +209,7 @@ def to_yaml(exp: Experiment) -> str:
 
 def flat(exp: Experiment) -> dict[str, Any]:
     """Dotted view (``kl.mode``) used for W&B config, so sweep parameters and config keys coincide."""
-    return {f"{s}.{k}": v for s, sec in exp.model_dump(mode="json").items() for k, v in sec.items()}
+    return dotted(exp.model_dump(mode="json"))
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -22,7 +22,8 @@ import torch
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from svg.config import SEQ_LEN, Experiment
+from svg.config import Experiment
+from svg.data import SEQ_LEN
 from svg.data import eval_batches, open_split
 from svg.errors import SvgError
 from svg.losses import active_units

@@ -1,4 +1,5 @@
-"""The one place that talks to Weights & Biases, plus the local metrics.jsonl every run keeps.
+"""The one place that talks to Weights & Biases, plus the local metrics.jsonl every run keeps
+(written here, read back by ``read_metrics`` for sweeps and reports).
 
 Every logged step goes to both, with the same keys and an explicit ``iter`` or ``epoch`` step key
 (a resumed offline run restarts W&B's own ``_step``). If W&B cannot start or a call fails, training
@@ -7,8 +8,8 @@ goes on with the local files and says so once.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import netrc
 import os
 import sys
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from svg.config import Experiment, flat
+from svg.values import plain
+
+METRICS_FILE = "metrics.jsonl"
 
 EPOCH_KEYS = ("val/", "epoch/", "beta", "tfr", "lr", "kl/", "media/")
 
@@ -44,10 +48,19 @@ def run_name(exp: Experiment) -> str:
     return f"{exp.model.encoder}-kl_{exp.kl.mode}-tfr{exp.tfr.start_decay_epoch}-lr{exp.optim.lr:g}-s{exp.train.seed}"
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+def read_metrics(path: Path) -> list[dict]:
+    """The complete records of a metrics.jsonl (a line still being written is skipped)."""
+    records = []
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return records
+    for line in text.splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                records.append(record)
+    return records
 
 
 class Tracker:
@@ -55,7 +68,8 @@ class Tracker:
 
     def __init__(self, exp: Experiment, out: Path, run_id: str | None = None, enabled: bool = True):
         self.out = out
-        self.metrics_path = out / "metrics.jsonl"
+        self.metrics_path = out / METRICS_FILE
+        self._metrics = None
         self.run = None
         self.run_id = run_id
         self.sync_dir: str | None = None
@@ -122,9 +136,9 @@ class Tracker:
     ) -> None:
         """Log scalars (and lists) plus media files. ``curves`` maps a key to (values, x label),
         ``tables`` a key to (columns, rows)."""
-        record = {k: _jsonable(v) for k, v in metrics.items()}
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self._metrics is None:
+            self._metrics = self.metrics_path.open("a", buffering=1)  # line-buffered: readers see whole records
+        self._metrics.write(json.dumps(plain(metrics)) + "\n")
         if self.run is None:
             return
         try:
@@ -166,6 +180,9 @@ class Tracker:
             self._fail(f"W&B artifact upload failed ({type(e).__name__}: {e})")
 
     def finish(self, exit_code: int = 0) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
         if self.run is None:
             return
         try:

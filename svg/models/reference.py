@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 
 from svg.losses import reconstruction
-from svg.models.lstm import reparameterize
 from svg.models.svg import SVG, StepResult
 
 
@@ -18,24 +17,18 @@ def reference_step(
     model: SVG, x: torch.Tensor, cond: torch.Tensor, n_past: int, teacher_forcing: bool, eps: torch.Tensor
 ) -> StepResult:
     steps, batch = x.shape[0], x.shape[1]
-    post_state = model.posterior.initial_state(batch, x.device)
-    pred_state = model.predictor.initial_state(batch, x.device)
-    prior_state = model.prior.initial_state(batch, x.device) if model.prior else None
+    states = model.initial_states(batch, x.device)
     mse = x.new_zeros(())
     kls, preds = [], []
     x_pred, skip = None, None
     for t in range(1, steps):
         h_target = model.encoder(x[t])[0]
         given = teacher_forcing or t - 1 < n_past
-        x_in = x[t - 1] if given else x_pred
-        h_prev, own_skip = model.encoder(x_in)
+        h_prev, own_skip = model.encoder(x[t - 1] if given else x_pred)
         if model.last_frame_skip or t - 1 < n_past:
             skip = own_skip
-        mu, logvar, post_state = model.posterior(h_target, post_state)
-        kl, prior_state = model._kl(mu, logvar, h_prev, prior_state)
+        g, kl, states = model.latent_step(h_target, h_prev, cond[t], eps[t - 1], states)
         kls.append(kl)
-        z = reparameterize(mu, logvar, eps[t - 1])
-        g, pred_state = model.predictor(torch.cat([cond[t], h_prev, z], 1), pred_state)
         x_pred = model.decoder(g, skip)
         preds.append(x_pred)
         mse = mse + reconstruction(x_pred, x[t])

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from svg.config import COND_DIM, Model
+from svg.config import Model
+from svg.data import COND_DIM
 from svg.losses import kl_between_gaussians, kl_to_standard_normal, reconstruction
 from svg.models.encoders import ARCHITECTURES, per_step_statistics
 from svg.models.lstm import FramePredictor, GaussianLSTM, reparameterize
@@ -86,11 +87,31 @@ class SVG(nn.Module):
         """Index of the input frame whose skips step t uses, when skips come from ground truth."""
         return t - 1 if self.last_frame_skip else min(t - 1, n_past - 1)
 
-    def _kl(self, mu, logvar, h_prev, prior_state):
+    def initial_states(self, batch: int, device: torch.device) -> tuple:
+        """(posterior, learned prior or None, predictor) LSTM states at the start of a sequence."""
+        prior = self.prior.initial_state(batch, device) if self.prior else None
+        return self.posterior.initial_state(batch, device), prior, self.predictor.initial_state(batch, device)
+
+    def input_frame(self, t: int, n_past: int, h_known: torch.Tensor, skips_known: list, x_prev, skip: list):
+        """Encoding of step t's input frame and the skips to decode with: the known frame's while it is
+        a context frame, else the model's own x̂_{t-1} encoded now (its skips only with last_frame_skip)."""
+        if t - 1 < n_past:
+            return h_known[t - 1], [s[t - 1] for s in skips_known]
+        h, own_skip = self.encoder(self._image(x_prev))
+        return h, (own_skip if self.last_frame_skip else skip)
+
+    def latent_step(self, h_target, h_prev, cond_t, eps_t, states: tuple):
+        """Posterior on the target's encoding, its KL to the prior, z, and the predictor's code g_t."""
+        post, prior, pred = states
+        mu, logvar, post = self.posterior(h_target, post)
         if self.prior is None:
-            return kl_to_standard_normal(mu, logvar), prior_state
-        mu_p, logvar_p, prior_state = self.prior(h_prev, prior_state)
-        return kl_between_gaussians(mu, logvar, mu_p, logvar_p), prior_state
+            kl = kl_to_standard_normal(mu, logvar)
+        else:
+            mu_p, logvar_p, prior = self.prior(h_prev, prior)
+            kl = kl_between_gaussians(mu, logvar, mu_p, logvar_p)
+        z = reparameterize(mu, logvar, eps_t)
+        g, pred = self.predictor(torch.cat([cond_t, h_prev, z], 1), pred)
+        return g, kl, (post, prior, pred)
 
     def training_step(
         self, x: torch.Tensor, cond: torch.Tensor, n_past: int, teacher_forcing: bool, eps: torch.Tensor
@@ -98,44 +119,27 @@ class SVG(nn.Module):
         """Run one training sequence; ``eps`` (T-1, B, z_dim) is the reparameterization noise."""
         steps, batch = x.shape[0], x.shape[1]
         h_gt, skips_gt = self.encode_steps(x)
-        post_state = self.posterior.initial_state(batch, x.device)
-        pred_state = self.predictor.initial_state(batch, x.device)
-        prior_state = self.prior.initial_state(batch, x.device) if self.prior else None
-        mse = x.new_zeros(())
-        kls, preds = [], []
-
+        states = self.initial_states(batch, x.device)
+        kls = []
         if teacher_forcing:
             gs = []
             for t in range(1, steps):
-                mu, logvar, post_state = self.posterior(h_gt[t], post_state)
-                kl, prior_state = self._kl(mu, logvar, h_gt[t - 1], prior_state)
-                kls.append(kl)
-                z = reparameterize(mu, logvar, eps[t - 1])
-                g, pred_state = self.predictor(torch.cat([cond[t], h_gt[t - 1], z], 1), pred_state)
+                g, kl, states = self.latent_step(h_gt[t], h_gt[t - 1], cond[t], eps[t - 1], states)
                 gs.append(g)
+                kls.append(kl)
             index = torch.tensor([self.skip_source(t, n_past) for t in range(1, steps)], device=x.device)
             # plain indexing keeps the skips' memory format (index_select would return them contiguous)
             pred = self.decode_steps(torch.stack(gs), [s[index] for s in skips_gt])
             mse = reconstruction(pred, x[1:]) * (steps - 1)  # every step has as many pixels: sum of step means
         else:
-            x_prev, skip = x[0], [s[0] for s in skips_gt]
+            mse, x_prev, skip, preds = x.new_zeros(()), None, None, []
             for t in range(1, steps):
-                if t - 1 < n_past:
-                    h_prev = h_gt[t - 1]
-                    skip = [s[t - 1] for s in skips_gt]
-                else:
-                    h_prev, own_skip = self.encoder(self._image(x_prev))
-                    if self.last_frame_skip:
-                        skip = own_skip
-                mu, logvar, post_state = self.posterior(h_gt[t], post_state)
-                kl, prior_state = self._kl(mu, logvar, h_prev, prior_state)
+                h_prev, skip = self.input_frame(t, n_past, h_gt, skips_gt, x_prev, skip)
+                g, kl, states = self.latent_step(h_gt[t], h_prev, cond[t], eps[t - 1], states)
                 kls.append(kl)
-                z = reparameterize(mu, logvar, eps[t - 1])
-                g, pred_state = self.predictor(torch.cat([cond[t], h_prev, z], 1), pred_state)
                 x_prev = self.decoder(g, skip)
                 preds.append(x_prev)
                 mse = mse + reconstruction(x_prev, x[t])
-
             pred = torch.stack(preds)
         return StepResult.collect(mse, kls, pred)
 
@@ -153,18 +157,10 @@ class SVG(nn.Module):
         """
         total, batch = cond.shape[0], cond.shape[1]
         h_ctx, skips_ctx = self.encode_steps(x[:n_past])
-        post_state = self.posterior.initial_state(batch, x.device)
-        pred_state = self.predictor.initial_state(batch, x.device)
-        prior_state = self.prior.initial_state(batch, x.device) if self.prior else None
+        post_state, prior_state, pred_state = self.initial_states(batch, x.device)
         x_prev, skip, outputs = None, None, []
         for t in range(1, total):
-            if t - 1 < n_past:
-                h_prev = h_ctx[t - 1]
-                skip = [s[t - 1] for s in skips_ctx]
-            else:
-                h_prev, own_skip = self.encoder(self._image(x_prev))
-                if self.last_frame_skip:
-                    skip = own_skip
+            h_prev, skip = self.input_frame(t, n_past, h_ctx, skips_ctx, x_prev, skip)
             if self.prior is not None:
                 mu_p, logvar_p, prior_state = self.prior(h_prev, prior_state)
             if t < n_past:

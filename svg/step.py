@@ -1,0 +1,102 @@
+"""The training step: batch layout, forward, loss, backward, optimizer update. One function, used by
+the trainer, the bench and the evaluator's KL pass, so what is benchmarked is what trains.
+
+The step never waits for the host: its figures stay on the device (``StepFigures``) until the caller
+reads them, and a non-finite loss skips the update on the device (fused Adam's ``found_inf``), so
+no NaN ever reaches the weights and the count of skipped steps stays exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from svg.config import Optim
+from svg.models import SVG
+from svg.models.svg import StepResult
+from svg.runtime import Runtime
+
+
+def to_model_layout(frames: torch.Tensor, cond: torch.Tensor, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loader batches (B, T, H, W, 3) uint8 and (B, T, C) -> time-major float (T, B, 3, H, W), (T, B, C).
+
+    One copy, made in uint8 before the conversion to float, into the layout the convolutions use:
+    channels-last memory (a view of (T, B, H, W, 3)) or NCHW. Flattening time into the batch is then
+    a view, never another copy."""
+    x = frames.to(rt.device, non_blocking=True).transpose(0, 1)
+    x = x.contiguous().permute(0, 1, 4, 2, 3) if rt.channels_last else x.permute(0, 1, 4, 2, 3).contiguous()
+    return x.float().div_(255.0), cond.to(rt.device, non_blocking=True).transpose(0, 1).float()
+
+
+def make_optimizer(model: SVG, optim: Optim) -> torch.optim.Adam:
+    """Adam, fused: one kernel per update, and it honours ``found_inf`` without a host sync."""
+    return torch.optim.Adam(model.parameters(), lr=optim.lr, betas=(optim.beta1, optim.beta2), fused=True)
+
+
+@dataclass
+class Parts:
+    """What a step updates: the model, optimizer and scaler. ``forward`` runs the sequence: the model
+    itself (default), its DDP wrapper, or the bench's per-frame reference."""
+
+    model: SVG
+    optimizer: torch.optim.Adam
+    rt: Runtime
+    grad_clip: float | None = None
+    forward: Callable[..., StepResult] | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    def __post_init__(self) -> None:
+        self.forward = self.forward or self.model
+        fp16_cuda = self.rt.amp_dtype == torch.float16 and self.rt.device.type == "cuda"
+        self.scaler = self.scaler or torch.amp.GradScaler(enabled=fp16_cuda)
+
+
+@dataclass
+class StepFigures:
+    """One step's figures as detached device tensors; reading them (``.item()``) waits for the step."""
+
+    loss: torch.Tensor
+    """Per predicted step: mse + beta * kld."""
+    mse: torch.Tensor
+    kld: torch.Tensor
+    kld_per_dim: torch.Tensor
+    """(z_dim,) averaged over steps and batch."""
+    finite: torch.Tensor
+    """False when the loss was not finite and the update was skipped."""
+
+
+def forward(
+    module: Callable[..., StepResult], x: torch.Tensor, c: torch.Tensor, n_past: int, teacher_forcing: bool,
+    eps: torch.Tensor, beta: float, rt: Runtime,
+) -> tuple[torch.Tensor, StepResult]:
+    """The objective of one batch, summed over predicted steps: (mse + beta * kld, the step's terms)."""
+    with rt.autocast():
+        res = module(x, c, n_past, teacher_forcing, eps)
+    return res.mse + beta * res.kld, res
+
+
+def train_step(
+    parts: Parts, x: torch.Tensor, c: torch.Tensor, n_past: int, teacher_forcing: bool, eps: torch.Tensor,
+    beta: float,
+) -> StepFigures:
+    """One optimizer step on a batch already in the model's layout (``to_model_layout``)."""
+    parts.model.train()
+    loss, res = forward(parts.forward, x, c, n_past, teacher_forcing, eps, beta, parts.rt)
+    finite = torch.isfinite(loss)
+    opt, scaler = parts.optimizer, parts.scaler
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if parts.grad_clip is not None:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(parts.model.parameters(), parts.grad_clip, foreach=True)
+    if scaler.is_enabled():
+        scaler.step(opt)  # the scaler finds the infinities itself, on the device
+        scaler.update()
+    else:
+        opt.found_inf = (~finite).float().reshape(1)
+        opt.step()
+    n = res.steps
+    detached = loss.detach().float()
+    return StepFigures(detached / n, res.mse.detach() / n, res.kld.detach() / n, res.kld_per_dim, finite)
