@@ -26,9 +26,8 @@ evaluate: $(STAMP)
 data: $(STAMP)
 	$(BIN)/python entrypoints/prepare_data.py synthetic --out data/synthetic
 
-## lint + the test suite (the slow end-to-end checks run in their small versions)
+## the test suite without the minutes-long end-to-end checks (marked slow)
 test: $(STAMP)
-	$(BIN)/ruff check svg entrypoints tests
 	$(BIN)/python -m pytest -q -m "not slow"
 
 ## every test, including the minutes-long end-to-end ones
@@ -52,6 +51,7 @@ sweep: $(STAMP)
 report: $(STAMP)
 	$(BIN)/python entrypoints/report.py $(or $(RUNS),runs/sweep-annealing) $(ARGS)
 
+## ruff: lint and formatting
 lint: $(STAMP)
 	$(BIN)/ruff check svg entrypoints tests
 	$(BIN)/ruff format --check svg entrypoints tests

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, option) is not None:
                 setattr(args, dotted, getattr(args, option))
         exp = experiment_from_args(args)  # bad config exits here, before torch is imported
-        from svg.bench import Options, as_json_safe, run, summary_lines
+        from svg.bench import Options, run, summary_lines
+        from svg.values import plain
 
         opts = Options(
             steps=args.steps, warmup=args.warmup, teacher_forcing=args.teacher_forcing == "on",
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run(exp, opts, preset=Path(args.config).stem)
         out = args.out or Path("bench") / f"{Path(args.config).stem}-{report['device'].split(':')[0]}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(as_json_safe(report), indent=1) + "\n")
+        out.write_text(json.dumps(plain(report), indent=1) + "\n")
         print("\n".join(summary_lines(report)))
         print(f"report: {out}")
 

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def go() -> None:
-        from svg.evaluation import Options, default_output, evaluate_checkpoint, headline
+        from svg.evaluator import Options, default_output, evaluate_checkpoint, headline
 
         opts = Options(
             split=args.split, data_root=args.data_root, samples=args.samples, frames=args.frames,

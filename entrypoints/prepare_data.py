@@ -8,6 +8,7 @@ import sys
 import warnings
 
 from svg.data import SPLITS, convert_tfrecords, ensure_synthetic, pack
+from svg.data.bair import split_files
 from svg.errors import SvgError
 
 
@@ -17,6 +18,7 @@ def _synthetic(args: argparse.Namespace) -> str:
 
 
 def _tfrecord(args: argparse.Namespace) -> str:
+    print(split_files(args.src, args.val_fraction, args.seed).summary, flush=True)
     counts = convert_tfrecords(args.src, args.out, args.val_fraction, args.seed, args.pack, args.workers)
     where = f"{args.out}/.cache" if args.pack else str(args.out)
     return ", ".join(f"{split} {n}" for split, n in counts.items()) + f" sequences in {where}"
@@ -46,17 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert SRC/{train,test}/traj_<a>_to_<b>.tfrecords into the course layout under ROOT "
         "(or straight into ROOT/.cache with --pack). Frames come from i/image_aux1/encoded (raw 64x64x3 "
         "bytes, the camera the course data uses), stored unchanged; conditions are i/action then "
-        "i/endeffector_pos. validate/ holds whole train files: the sorted train files are permuted with "
-        "numpy default_rng(SEED) and the first round(VAL_FRACTION * n_files) of them (at least 1, at most "
-        "n_files - 1) are held out. Resumable: converted sequences and files are skipped on a re-run.",
+        "i/endeffector_pos. validate/ holds whole train files when there are enough: the sorted train files are "
+        "permuted with numpy default_rng(SEED) and the first round(VAL_FRACTION * n_files) of them (at most "
+        "n_files - 1) are held out. With too few train files for that (fewer than 2, or "
+        "round(VAL_FRACTION * n_files) = 0, e.g. one file), single sequences are held out instead: the "
+        "records of the train files, in file order, are permuted with default_rng(SEED) and the first "
+        "round(VAL_FRACTION * n_records) (at least 1, at most n_records - 1) go to validate/, the rest to "
+        "train/. The rule used is printed first and recorded in ROOT/.bair.json. Resumable: converted "
+        "sequences and files are skipped on a re-run.",
     )
     p.add_argument("src", help="the extracted softmotion30_44k folder (holding train/ and test/)")
     p.add_argument("--out", required=True, help="ROOT to write into")
     p.add_argument("--pack", action="store_true", help="write only the packed cache, no PNGs")
     p.add_argument(
-        "--val-fraction", type=float, default=0.05, help="share of train files held out for validate/ (default 0.05)"
+        "--val-fraction",
+        type=float,
+        default=0.05,
+        help="share of train files (with too few files: of train sequences) held out for validate/ (default 0.05)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out file choice (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out file or sequence choice (default 0)")
     p.set_defaults(run=_tfrecord)
 
     p = commands.add_parser("pack", help="pack a course-layout tree into ROOT/.cache (memory-mapped arrays)")

@@ -16,7 +16,10 @@ from svg.config import OneLineParser
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="report.py", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "paths", nargs="+", type=Path, help="a sweep folder (sweep.json), run folders, or folders of run folders"
+        "paths",
+        nargs="+",
+        type=Path,
+        help="a sweep folder (sweep.json), run folders (metrics.jsonl), or folders of run folders",
     )
     parser.add_argument(
         "--out",

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def go() -> None:
-        from svg.sweep import SWEEP_FILE, SweepRunner, load_sweep, parse_set
+        from svg.sweeps import SWEEP_FILE, SweepRunner, load_sweep, parse_set
 
         config = load_sweep(args.sweep, parse_set(args.set))
         out = args.out or Path("runs") / f"sweep-{args.sweep.stem}"

@@ -16,13 +16,16 @@ from svg.config import OneLineParser, add_experiment_arguments, experiment_from_
 
 
 def default_out(exp) -> Path:
-    """runs/<run name>; under `wandb agent` runs/sweep-<sweep id>/<run id>, one folder per agent run."""
+    """runs/<run name>, or runs/<run name>-N when that holds a run already; under `wandb agent`
+    runs/sweep-<sweep id>/<run id>, one folder per agent run."""
     from svg.tracking import run_name
+    from svg.train import holds_run
 
     sweep, run = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
     if sweep and run:
         return Path("runs") / f"sweep-{sweep}" / run
-    return Path("runs") / (exp.tracking.name or run_name(exp))
+    base = Path("runs") / (exp.tracking.name or run_name(exp))
+    return next(p for n in range(1, 10**6) if not holds_run(p := base if n == 1 else Path(f"{base}-{n}")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         type=Path,
-        help="run folder (default: runs/<run name>; under wandb agent runs/sweep-<sweep id>/<run id>)",
+        help="run folder, never one that holds another run (default: a fresh runs/<run name>[-N]; "
+        "under wandb agent runs/sweep-<sweep id>/<run id>)",
     )
     parser.add_argument(
         "--resume",

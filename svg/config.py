@@ -19,20 +19,21 @@ from svg.errors import SvgError
 from svg.values import dotted
 
 
-
 class ConfigError(SvgError):
     """A config value, file or override is invalid."""
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Data(Section):
-    root: str = Field("data/synthetic", description="dataset folder in the course layout (or with a packed cache)")
-    synthetic: bool = Field(
-        True, description="generate the embedded synthetic dataset at data.root unless another dataset is there"
+    source: Literal["synthetic", "folder"] = Field(
+        "synthetic",
+        description="synthetic: the embedded dataset, generated at data.root on first use; folder: a dataset "
+        "already at data.root (a --data.root given without --data.source means folder)",
     )
+    root: str = Field("data/synthetic", description="dataset folder in the course layout (or with a packed cache)")
     n_train: int = Field(2000, gt=0, description="synthetic training sequences to generate")
     n_val: int = Field(128, gt=0, description="synthetic validation sequences to generate")
     n_test: int = Field(256, gt=0, description="synthetic test sequences to generate")
@@ -65,7 +66,9 @@ class KL(Section):
 
 
 class TeacherForcing(Section):
-    start_decay_epoch: int = Field(10, ge=0, description="epoch at which the teacher-forcing ratio starts to decay")
+    start_decay_epoch: int = Field(
+        10, ge=0, description="epoch at which the teacher-forcing ratio starts to decay (>= train.epochs: never)"
+    )
     decay_step: float | None = Field(
         None, gt=0, le=1, description="decrease of the ratio per epoch (None: reach 0 at the last epoch)"
     )
@@ -85,6 +88,12 @@ class Train(Section):
     n_past: int = Field(2, gt=0, description="context (ground-truth) frames given to the model")
     n_future: int = Field(10, gt=0, description="frames predicted during training")
     n_eval: int = Field(30, gt=1, description="frames per validation sequence (context + predicted)")
+    schedule: Literal["continuous", "epoch"] = Field(
+        "continuous",
+        description="evaluate beta and tfr at the fractional epoch (iteration / iters_per_epoch) or once per "
+        "whole epoch as the seed did",
+    )
+    log_every: int = Field(10, gt=0, description="log training figures (the only wait for the device) every N steps")
     val_every: int = Field(1, gt=0, description="validate every this many epochs (and after the last)")
     val_sequences: int = Field(128, gt=0, description="validation sequences scored each validation")
     media_every: int = Field(5, gt=0, description="log a prediction GIF every this many validations")
@@ -132,10 +141,6 @@ class Experiment(BaseModel):
             raise ValueError(f"train.n_eval = {t.n_eval} exceeds the {SEQ_LEN} frames of a sequence")
         if t.n_eval <= t.n_past:
             raise ValueError(f"train.n_eval = {t.n_eval} leaves nothing to predict after {t.n_past} context frames")
-        if self.tfr.start_decay_epoch >= t.epochs:
-            raise ValueError(
-                f"tfr.start_decay_epoch = {self.tfr.start_decay_epoch} must be below train.epochs = {t.epochs}"
-            )
         return self
 
 
@@ -193,10 +198,19 @@ def _one_line(err: ValidationError) -> str:
 
 
 def load_experiment(config: str | None = None, overrides: dict[str, Any] | None = None) -> Experiment:
-    """Build an Experiment from a preset name or YAML path plus dotted overrides; ConfigError if invalid."""
+    """Build an Experiment from a preset name or YAML path plus dotted overrides; ConfigError if invalid.
+
+    A ``data.root`` named without ``data.source`` in the same place (file or overrides) is a dataset the
+    user has: it must exist. The embedded synthetic set is generated only where ``source: synthetic`` says."""
     tree = _read_yaml(config) if config else {}
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(tree, dotted, _parse_value(value) if isinstance(value, str) else value)
+    data = tree.get("data")
+    if isinstance(data, dict) and "root" in data:
+        data.setdefault("source", "folder")
+    overrides = dict(overrides or {})
+    if "data.root" in overrides:
+        overrides.setdefault("data.source", "folder")
+    for name, value in overrides.items():
+        _set_dotted(tree, name, _parse_value(value) if isinstance(value, str) else value)
     try:
         return Experiment.model_validate(tree)
     except ValidationError as e:

@@ -6,16 +6,31 @@ import torch
 import torch.nn.functional as F
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """At least fp32 (float64 stays float64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _expm1_minus(d: torch.Tensor) -> torch.Tensor:
+    """exp(d) - 1 - d >= 0, accurate near d = 0 where the KL of a nearly collapsed posterior lives."""
+    return (torch.expm1(d) - d).clamp_min(0.0)
+
+
 def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per element, same shape as mu."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+    """KL(N(mu, exp(logvar)) || N(0, I)) per element, same shape as mu; fp32 whatever the autocast
+    dtype (in bf16 its rounding near the prior exceeds the KL itself and made it negative)."""
+    with torch.autocast(mu.device.type, enabled=False):
+        mu, logvar = _wide(mu), _wide(logvar)
+        return 0.5 * (mu.square() + _expm1_minus(logvar))
 
 
 def kl_between_gaussians(
     mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor, logvar_p: torch.Tensor
 ) -> torch.Tensor:
-    """KL(q || p) of two diagonal Gaussians per element (the learned prior's term)."""
-    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) / logvar_p.exp() - 1.0)
+    """KL(q || p) of two diagonal Gaussians per element (the learned prior's term), in fp32."""
+    with torch.autocast(mu_q.device.type, enabled=False):
+        mu_q, logvar_q, mu_p, logvar_p = (_wide(t) for t in (mu_q, logvar_q, mu_p, logvar_p))
+        return 0.5 * ((mu_q - mu_p).square() * torch.exp(-logvar_p) + _expm1_minus(logvar_q - logvar_p))
 
 
 def reconstruction(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """The training step: batch layout, forward, loss, backward, optimizer update. One function, used by
 the trainer, the bench and the evaluator's KL pass, so what is benchmarked is what trains.
 
-The step never waits for the host: its figures stay on the device (``StepFigures``) until the caller
-reads them, and a non-finite loss skips the update on the device (fused Adam's ``found_inf``), so
-no NaN ever reaches the weights and the count of skipped steps stays exact.
+The step never waits for the host: its figures stay on the device (``StepFigures``, summed by
+``Sums`` and ``Divergence``) until the caller reads them, and a non-finite loss skips the update on
+the device (fused Adam's ``found_inf``), so no NaN ever reaches the weights and the count of skipped
+steps stays exact.
 """
 
 from __future__ import annotations
@@ -68,8 +69,14 @@ class StepFigures:
 
 
 def forward(
-    module: Callable[..., StepResult], x: torch.Tensor, c: torch.Tensor, n_past: int, teacher_forcing: bool,
-    eps: torch.Tensor, beta: float, rt: Runtime,
+    module: Callable[..., StepResult],
+    x: torch.Tensor,
+    c: torch.Tensor,
+    n_past: int,
+    teacher_forcing: bool,
+    eps: torch.Tensor,
+    beta: float,
+    rt: Runtime,
 ) -> tuple[torch.Tensor, StepResult]:
     """The objective of one batch, summed over predicted steps: (mse + beta * kld, the step's terms)."""
     with rt.autocast():
@@ -78,7 +85,12 @@ def forward(
 
 
 def train_step(
-    parts: Parts, x: torch.Tensor, c: torch.Tensor, n_past: int, teacher_forcing: bool, eps: torch.Tensor,
+    parts: Parts,
+    x: torch.Tensor,
+    c: torch.Tensor,
+    n_past: int,
+    teacher_forcing: bool,
+    eps: torch.Tensor,
     beta: float,
 ) -> StepFigures:
     """One optimizer step on a batch already in the model's layout (``to_model_layout``)."""
@@ -95,8 +107,59 @@ def train_step(
         scaler.step(opt)  # the scaler finds the infinities itself, on the device
         scaler.update()
     else:
-        opt.found_inf = (~finite).float().reshape(1)
+        opt.found_inf = (~finite).float()
         opt.step()
     n = res.steps
     detached = loss.detach().float()
     return StepFigures(detached / n, res.mse.detach() / n, res.kld.detach() / n, res.kld_per_dim, finite)
+
+
+class Sums:
+    """Running sums of the finite steps' figures, kept on the device: adding never waits for the step."""
+
+    def __init__(self, z_dim: int, device: torch.device):
+        self.total = torch.zeros(4 + z_dim, device=device, dtype=torch.float64)
+        """loss, mse, kld, teacher forced, KL per latent dimension."""
+        self.count = torch.zeros((), device=device, dtype=torch.float64)
+
+    def add(self, fig: StepFigures, teacher_forced: bool) -> None:
+        tf = torch.full((1,), float(teacher_forced), device=fig.loss.device)
+        values = torch.cat([torch.stack([fig.loss, fig.mse, fig.kld]).float(), tf, fig.kld_per_dim.float()])
+        self.total += torch.where(fig.finite, values.double(), 0.0)
+        self.count += fig.finite
+
+    def read(self) -> dict | None:
+        """Means over the finite steps (one host sync), then start again; None when there were none."""
+        total, count = self.total.tolist(), self.count.item()
+        self.total.zero_()
+        self.count.zero_()
+        if not count:
+            return None
+        loss, mse, kld, tf, *per_dim = (v / count for v in total)
+        return {"loss": loss, "mse": mse, "kld": kld, "teacher_forced": tf, "kl_per_dim": per_dim}
+
+    def state(self) -> dict:
+        return {"total": self.total.cpu(), "count": self.count.cpu()}
+
+    def load(self, state: dict) -> None:
+        self.total.copy_(state["total"])
+        self.count.copy_(state["count"])
+
+
+class Divergence:
+    """Non-finite losses counted on the device: how many in all, the current and the longest run in a row."""
+
+    def __init__(self, device: torch.device):
+        self.counts = torch.zeros(3, device=device, dtype=torch.long)  # skipped, in a row, longest in a row
+
+    def add(self, finite: torch.Tensor) -> None:
+        bad = (~finite).long()
+        skipped, row, longest = self.counts.unbind()
+        row = (row + 1) * bad
+        self.counts = torch.stack([skipped + bad, row, torch.maximum(longest, row)])
+
+    def read(self) -> tuple[int, int]:
+        """(skipped steps so far, longest run in a row since the last read); one host sync."""
+        skipped, _, longest = self.counts.tolist()
+        self.counts[2] = 0
+        return skipped, longest

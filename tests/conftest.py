@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -55,3 +56,11 @@ def inspect_history(run_dir: Path) -> list[dict]:
         [WANDB, "leet", "inspect", "--json", str(runs[-1])], capture_output=True, text=True, check=True
     )
     return [json.loads(line) for line in out.stdout.splitlines() if '"history"' in line]
+
+
+def entrypoint_main(name: str):
+    """``main`` of ``entrypoints/NAME.py``, to call in this process where a subprocess per call is too slow."""
+    spec = importlib.util.spec_from_file_location(f"entrypoint_{name}", ROOT / "entrypoints" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main

@@ -32,7 +32,8 @@ def test_agent_spellings_parse_into_the_config():
         ({"kl.mode": "sometimes"}, "kl.mode"),
         ({"model.encoder": "resnet"}, "model.encoder"),
         ({"train.n_future": "40"}, "train.n_past + train.n_future"),
-        ({"tfr.start_decay_epoch": "2"}, "tfr.start_decay_epoch"),
+        ({"optim.lr": "inf"}, "optim.lr"),
+        ({"kl.beta_max": "nan"}, "kl.beta_max"),
         ({"model.z_dimm": "3"}, "model.z_dimm"),
         ({"kl.ratio": "1.5"}, "kl.ratio"),
         ({"data.batch_size": "many"}, "data.batch_size"),
@@ -69,3 +70,18 @@ def test_help_lists_every_field_with_its_description():
         for name, field in model.annotation.model_fields.items():
             assert f"--{section}.{name}" in text
             assert " ".join(field.description.split()) in text
+
+
+def test_teacher_forcing_that_never_decays_is_accepted():
+    """What a W&B agent runs with --train.epochs=1 appended to a preset whose decay starts later."""
+    exp = load_experiment("cpu", {"train.epochs": "1"})
+    assert exp.tfr.start_decay_epoch >= exp.train.epochs
+
+
+def test_a_named_data_root_is_a_dataset_not_a_place_to_generate(tmp_path):
+    assert load_experiment("cpu").data.source == "synthetic"
+    assert load_experiment("cpu", {"data.root": str(tmp_path)}).data.source == "folder"
+    both = load_experiment("cpu", {"data.root": str(tmp_path), "data.source": "synthetic"})
+    assert both.data.source == "synthetic"
+    (tmp_path / "mine.yaml").write_text(f"data:\n  root: {tmp_path}\n")
+    assert load_experiment(str(tmp_path / "mine.yaml")).data.source == "folder"

@@ -19,9 +19,11 @@ import torch
 from tfrecord.writer import TFRecordWriter
 
 from svg.data import DataError, DataWarning, convert_tfrecords, ensure_synthetic, open_split, pack
+from svg.data.bair import split_files
 from svg.data.course import encode_png, write_sequence
 from svg.data.loaders import CacheDataset, CourseDataset, eval_batches, train_batches
-from svg.data.synthetic import FINGER_GREY, generate_sequence
+from svg.data.scene import FINGER_GREY
+from svg.data.synthetic import generate_sequence
 
 REPO = Path(__file__).resolve().parents[1]
 PREPARE = REPO / "entrypoints" / "prepare_data.py"
@@ -57,11 +59,14 @@ def _assert_same(dataset, expected: list[tuple[np.ndarray, np.ndarray]]) -> None
 def _run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess]:
     """Run CLI commands concurrently."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for c in commands]
+    procs = [
+        subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
     outputs = [p.communicate() for p in procs]
-    return [subprocess.CompletedProcess(c, p.returncode, *out)
-            for c, p, out in zip(commands, procs, outputs, strict=True)]
+    return [
+        subprocess.CompletedProcess(c, p.returncode, *out) for c, p, out in zip(commands, procs, outputs, strict=True)
+    ]
 
 
 def test_png_encoder_is_lossless():
@@ -144,8 +149,16 @@ def _break(root: Path, case: str) -> str:
     raise AssertionError(case)
 
 
-BAD_CASES = ["missing split", "empty dataset", "too few frames", "truncated png", "corrupt png data",
-             "non-64x64 png", "csv column count", "nan in conditions"]
+BAD_CASES = [
+    "missing split",
+    "empty dataset",
+    "too few frames",
+    "truncated png",
+    "corrupt png data",
+    "non-64x64 png",
+    "csv column count",
+    "nan in conditions",
+]
 
 
 def test_each_bad_data_case_exits_2_naming_the_file(tmp_path):
@@ -193,8 +206,12 @@ def _write_tfrecord(path: Path, sequences: list[tuple[np.ndarray, np.ndarray]]) 
 
 def test_tfrecord_conversion_is_exact_and_resumable(tmp_path):
     rng = np.random.default_rng(3)
-    files = {"train/traj_0_to_255.tfrecords": 3, "train/traj_256_to_511.tfrecords": 2,
-             "train/traj_512_to_767.tfrecords": 2, "test/traj_0_to_255.tfrecords": 2}
+    files = {
+        "train/traj_0_to_255.tfrecords": 3,
+        "train/traj_256_to_511.tfrecords": 2,
+        "train/traj_512_to_767.tfrecords": 2,
+        "test/traj_0_to_255.tfrecords": 2,
+    }
     source = {}
     for name, n in files.items():
         source[name] = [_sequence(rng) for _ in range(n)]
@@ -203,6 +220,8 @@ def test_tfrecord_conversion_is_exact_and_resumable(tmp_path):
     out = tmp_path / "out"
     counts = convert_tfrecords(tmp_path / "src", out, val_fraction=0.34, seed=0, workers=2, progress=False)
     assert counts["train"] + counts["validate"] == 7 and counts["test"] == 2 and counts["validate"] in (2, 3)
+    settings = json.loads((out / ".bair.json").read_text())
+    assert settings["rule"] == "files" and len(settings["validate_files"]) == 1  # round(0.34 * 3 files)
     datasets = {split: open_split(out, split) for split in ("train", "validate", "test")}
     for name, sequences in source.items():
         part, stem = name.split("/")[0], Path(name).stem
@@ -224,6 +243,9 @@ def test_tfrecord_conversion_is_exact_and_resumable(tmp_path):
     _assert_same(open_split(out, "test"), source["test/traj_0_to_255.tfrecords"])
     with pytest.raises(DataError, match="converted with"):
         convert_tfrecords(tmp_path / "src", out, val_fraction=0.34, seed=1, workers=1, progress=False)
+    # A settings file from before the rule was recorded (whole files held out) still resumes.
+    (out / ".bair.json").write_text(json.dumps({k: v for k, v in settings.items() if k != "rule"}))
+    convert_tfrecords(tmp_path / "src", out, val_fraction=0.34, seed=0, workers=1, progress=False)
 
     packed = tmp_path / "packed"
     convert_tfrecords(tmp_path / "src", packed, 0.34, seed=0, pack=True, workers=2, progress=False)
@@ -233,10 +255,79 @@ def test_tfrecord_conversion_is_exact_and_resumable(tmp_path):
         _assert_same(open_split(packed, split), [dataset[i] for i in range(len(dataset))])
 
 
-def test_tfrecord_help_and_missing_source(tmp_path):
+def _prepare_data_module():
     spec = importlib.util.spec_from_file_location("prepare_data", PREPARE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_one_train_file_holds_out_sequences_in_both_modes(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    source = [_sequence(rng) for _ in range(9)]
+    _write_tfrecord(tmp_path / "src" / "train" / "traj_0_to_255.tfrecords", source)
+    _write_tfrecord(tmp_path / "src" / "test" / "traj_0_to_255.tfrecords", [_sequence(rng) for _ in range(2)])
+    src, out, packed = tmp_path / "src", tmp_path / "out", tmp_path / "packed"
+    held = sorted(np.random.default_rng(7).permutation(9)[:2].tolist())  # round(0.25 * 9) = 2 records
+
+    module = _prepare_data_module()
+    args = ["--val-fraction", "0.25", "--seed", "7", "--workers", "1"]
+    assert module.main(["tfrecord", str(src), "--out", str(out), *args]) == 0
+    rule_line, summary = capsys.readouterr().out.splitlines()
+    assert rule_line.startswith("validation: single sequences, 2 of the 9") and "seed 7" in rule_line
+    assert summary.startswith("train 7, validate 2, test 2 sequences")
+    settings = json.loads((out / ".bair.json").read_text())
+    assert settings["rule"] == "sequences" and settings["validate_sequences"] == {"traj_0_to_255.tfrecords": held}
+
+    # Each record is in exactly one split, under its record index, with its frames and conditions.
+    seen = {}
+    for split in ("train", "validate"):
+        dataset = open_split(out, split)
+        for i, seq_dir in enumerate(dataset.sequences):
+            k = int(seq_dir.name)
+            assert k not in seen and seq_dir.parent == out / split / "traj_0_to_255"
+            seen[k] = split
+            _assert_same([dataset[i]], [source[k]])
+    assert seen == {k: "validate" if k in held else "train" for k in range(9)}
+
+    # Resumable: a removed sequence of an unfinished file is rewritten, nothing else is.
+    victim = out / "validate" / "traj_0_to_255" / str(held[0])
+    shutil.rmtree(victim)
+    (victim.parent / ".complete").unlink()
+    convert_tfrecords(src, out, val_fraction=0.25, seed=7, workers=1, progress=False)
+    _assert_same(open_split(out, "validate"), [source[k] for k in held])
+    with pytest.raises(DataError, match="converted with"):
+        convert_tfrecords(src, out, val_fraction=0.25, seed=8, workers=1, progress=False)
+
+    # --pack: the same seed gives the same split, straight into the cache.
+    assert module.main(["tfrecord", str(src), "--out", str(packed), "--pack", *args]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == rule_line
+    assert json.loads((packed / ".bair.json").read_text()) == settings
+    assert not (packed / "train").exists()
+    for split, keys in (("train", [k for k in range(9) if k not in held]), ("validate", held)):
+        assert isinstance(open_split(packed, split), CacheDataset)
+        _assert_same(open_split(packed, split), [source[k] for k in keys])
+
+
+def test_whole_files_are_held_out_only_when_there_are_enough(tmp_path):
+    rng = np.random.default_rng(6)
+    for name, n in (("train/traj_0_to_255", 3), ("train/traj_256_to_511", 2), ("test/traj_0_to_255", 1)):
+        _write_tfrecord(tmp_path / f"{name}.tfrecords", [_sequence(rng) for _ in range(n)])
+    # round(0.05 * 2 files) = 0: one of the 5 records (at least one) is held out, not a whole file.
+    split = split_files(tmp_path, 0.05, seed=3)
+    assert split.rule == "sequences" and split == split_files(tmp_path, 0.05, seed=3)
+    (k,) = np.random.default_rng(3).permutation(5)[:1].tolist()
+    path, record = (("traj_0_to_255", k), ("traj_256_to_511", k - 3))[k >= 3]
+    assert split.settings["validate_sequences"] == {f"{path}.tfrecords": [record]}
+    assert sum(len(r) for _, r in split.parts["train"]) == 4
+    # round(0.5 * 2 files) = 1: a whole file.
+    split = split_files(tmp_path, 0.5, seed=3)
+    assert split.rule == "files" and [r for _, r in split.parts["validate"]] == [None]
+    assert split_files(tmp_path, 0, seed=3).parts["validate"] == []
+
+
+def test_tfrecord_help_and_missing_source(tmp_path):
+    module = _prepare_data_module()
     commands = module.build_parser()._subparsers._group_actions[0].choices
     help_text = " ".join(commands["tfrecord"].format_help().split())
     assert "image_aux1" in help_text and "default_rng" in help_text
@@ -260,15 +351,18 @@ def test_synthetic_generation_is_deterministic(tmp_path):
     for split in ("train", "validate", "test"):
         for suffix in ("frames", "conditions"):
             assert (a / ".cache" / f"{split}_{suffix}.npy").read_bytes() == (
-                b / ".cache" / f"{split}_{suffix}.npy").read_bytes()
+                b / ".cache" / f"{split}_{suffix}.npy"
+            ).read_bytes()
     seq = Path("train") / "traj_0_to_255" / "2"
     for name in ("0.png", "29.png", "actions.csv", "endeffector_positions.csv"):
         assert (a / seq / name).read_bytes() == (b / seq / name).read_bytes()
     cached = open_split(a, "train")
     assert isinstance(cached, CacheDataset)
     _assert_same(CourseDataset(a / "train"), [cached[i] for i in range(3)])
-    _assert_same(cached, [(f, np.concatenate([act, pos], 1))
-                          for f, act, pos in (generate_sequence(4, "train", i) for i in range(3))])
+    _assert_same(
+        cached,
+        [(f, np.concatenate([act, pos], 1)) for f, act, pos in (generate_sequence(4, "train", i) for i in range(3))],
+    )
 
     marker = a / ".synthetic.json"
     stamp = marker.stat().st_mtime_ns

@@ -21,9 +21,12 @@ from svg.data import ensure_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = {
-    "train.threads": 1, "train.epochs": 1, "train.iters_per_epoch": 3, "tfr.start_decay_epoch": 0,
+    "train.threads": 1,
+    "train.epochs": 1,
+    "train.iters_per_epoch": 3,
+    "tfr.start_decay_epoch": 0,
     "train.val_sequences": 4,
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +45,14 @@ def _free_port() -> int:
 
 def _train_rank(rank: int, world_size: int, port: int, data: str, out: str, results: str) -> None:
     """One rank: the Trainer as torchrun would start it, then its weights saved for the parent to compare."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     from svg.train import Trainer
 
-    exp = load_experiment("smoke", {**SHORT, "data.root": data, "tracking.mode": "disabled"})
+    exp = load_experiment(
+        "smoke", {**SHORT, "data.root": data, "data.source": "synthetic", "tracking.mode": "disabled"}
+    )
     trainer = Trainer(exp, Path(out))
     initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.fit()
@@ -55,7 +61,7 @@ def _train_rank(rank: int, world_size: int, port: int, data: str, out: str, resu
             "initial": initial,
             "params": dict(trainer.model.named_parameters()),
             "buffers": dict(trainer.model.named_buffers()),
-            "adam": trainer.optimizer.state_dict()["state"],
+            "adam": trainer.parts.optimizer.state_dict()["state"],
         },
         Path(results) / f"rank{rank}.pt",
     )
@@ -100,11 +106,27 @@ def test_torchrun_runs_the_train_entrypoint_on_two_cpu_ranks(smoke_data, tmp_pat
     out = tmp_path / "run"
     overrides = [f"--{k}={v}" for k, v in SHORT.items()]
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-         str(ROOT / "entrypoints" / "train.py"), "--config", "smoke", "--data.root", str(smoke_data),
-         "--out", str(out), *overrides],
-        cwd=tmp_path, capture_output=True, text=True, timeout=150,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--standalone",
+            str(ROOT / "entrypoints" / "train.py"),
+            "--config",
+            "smoke",
+            "--data.source=synthetic",
+            "--data.root",
+            str(smoke_data),
+            "--out",
+            str(out),
+            *overrides,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records if "train/loss" in r] == [1, 2, 3], "one rank, and only one, logs"

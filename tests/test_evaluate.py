@@ -1,6 +1,5 @@
 """Evaluation: the numbers (copy-last, best of N, intervals, horizon, seeds), the learned prior, the CLI."""
 
-import contextlib
 import importlib.util
 import json
 
@@ -12,10 +11,11 @@ from svg.config import Model
 from svg.evaluation import best_of_n, evaluate, mean_ci, summarize
 from svg.metrics import copy_last
 from svg.models import SVG
+from svg.runtime import Runtime
 
 TINY = dict(encoder="dcgan64", channels=8, g_dim=16, z_dim=4, rnn_size=16, predictor_layers=1)
 N_PAST, HORIZON = 2, 6
-CPU = torch.device("cpu")
+CPU = Runtime(torch.device("cpu"), None)
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,7 @@ def batches(n_batches: int = 2, batch: int = 3, steps: int = N_PAST + HORIZON, s
 
 def run(model, n_samples=1, seed=0, **kw):
     kw.setdefault("media_sequences", 2)
-    return evaluate(model, batches(), N_PAST, n_samples, CPU, contextlib.nullcontext, seed, **kw)
+    return evaluate(model, batches(), N_PAST, n_samples, CPU, seed, **kw)
 
 
 def tiny(prior="fixed", seed=0) -> SVG:
@@ -180,9 +180,17 @@ def learned_run(tmp_path_factory):
     """The smoke preset trained with the learned prior: training must run, and evaluation needs a checkpoint."""
     tmp = tmp_path_factory.mktemp("learned")
     proc = run_entrypoint(
-        "train", "--config", "smoke", "--model.prior=learned", "--data.root", str(tmp / "data"),
-        "--out", str(tmp / "run"), env={"WANDB_DIR": str(tmp), "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+        "train",
+        "--config",
+        "smoke",
+        "--model.prior=learned",
+        "--data.source=synthetic",
+        "--data.root",
+        str(tmp / "data"),
+        "--out",
+        str(tmp / "run"),
+        env={"WANDB_DIR": str(tmp), "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp
 
@@ -210,9 +218,20 @@ def test_evaluate_cli_writes_the_results_media_and_logs_to_the_checkpoints_run(l
     out = learned_run / "eval" / "test.json"
     ckpt = learned_run / "run" / "checkpoints" / "best.pt"
     proc = run_entrypoint(
-        "evaluate", str(ckpt), "--split", "test", "--out", str(out), "--samples", "2", "--horizon", "8",
-        "--frames", "4", env={"WANDB_DIR": str(learned_run), "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+        "evaluate",
+        str(ckpt),
+        "--split",
+        "test",
+        "--out",
+        str(out),
+        "--samples",
+        "2",
+        "--horizon",
+        "8",
+        "--frames",
+        "4",
+        env={"WANDB_DIR": str(learned_run), "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     contract = ["psnr", "ssim", "psnr_per_frame", "ssim_per_frame", "copy_last_psnr", "n_sequences"]

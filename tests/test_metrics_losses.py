@@ -58,3 +58,31 @@ def test_kl_matches_closed_form():
 
 def test_active_units_counts_dimensions_above_threshold():
     assert active_units(torch.tensor([0.0, 0.005, 0.02, 1.0])) == 2
+
+
+def test_kl_under_bf16_autocast_matches_float64_and_is_never_negative():
+    """Posteriors near the prior, where bf16 rounding used to exceed the KL and turn it negative."""
+    torch.manual_seed(0)
+    mu, logvar = 1e-3 * torch.randn(4096), 1e-3 * torch.randn(4096)
+    mu_p, logvar_p = mu + 1e-3 * torch.randn(4096), logvar + 1e-3 * torch.randn(4096)
+    exact = kl_to_standard_normal(mu.double(), logvar.double())
+    exact_pair = kl_between_gaussians(mu.double(), logvar.double(), mu_p.double(), logvar_p.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = kl_to_standard_normal(mu.bfloat16(), logvar.bfloat16())
+        got_pair = kl_between_gaussians(mu, logvar, mu_p, logvar_p)
+    assert got.dtype == got_pair.dtype == torch.float32
+    assert (got >= 0).all() and (got_pair >= 0).all()
+    # bf16 inputs keep 8 bits of mu/logvar: the KL of those rounded inputs, not of the originals
+    rounded = kl_to_standard_normal(mu.bfloat16().double(), logvar.bfloat16().double())
+    torch.testing.assert_close(got.double(), rounded, rtol=1e-3, atol=1e-10)  # fp32 ulps of the terms
+    torch.testing.assert_close(got_pair.double(), exact_pair, rtol=1e-3, atol=1e-10)
+    assert exact.sum() > 0
+
+
+def test_posterior_heads_stay_fp32_under_bf16_autocast():
+    from svg.models.lstm import GaussianLSTM
+
+    lstm = GaussianLSTM(8, 4, 16, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mu, logvar, _ = lstm(torch.randn(3, 8), lstm.initial_state(3, torch.device("cpu")))
+    assert mu.dtype == logvar.dtype == torch.float32

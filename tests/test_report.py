@@ -11,7 +11,7 @@ from conftest import ROOT, run_entrypoint
 from PIL import Image
 
 from svg.config import load_experiment, to_yaml
-from svg.report import collect, varied, write_report
+from svg.report import ReportError, collect, varied, write_report
 
 PNGS = ["val_psnr.png", "kld.png", "beta.png", "tfr.png", "psnr_per_frame.png"]
 
@@ -73,9 +73,13 @@ def test_sweep_report_is_one_self_contained_page(sweep_dir, tmp_path):
     assert latest in text  # each run's latest GIF, not an older one
     first = base64.b64encode((sweep_dir / "bbbb2222" / "media" / "epoch0001.gif").read_bytes()).decode()
     assert first not in text
-    for expected in ("Sweep demo", "kl.mode", "cyclical", "sigmoid", "failed", "got &#x27;sigmoid&#x27;", "22.50",
-                     "23.75", "21.25", "21.50"):  # fmt: skip
+    # "failed", "cyclical" and "kl.mode" also occur in the CSS or the error message: look for the cells
+    for expected in ("Sweep demo", '<th class="l">kl.mode</th>', '<td class="l">cyclical</td>',
+                     '<td class="l">sigmoid</td>', 'state-failed">failed</td>', "got &#x27;sigmoid&#x27;",
+                     "<td>21.25</td>", "<td>21.50</td>", ">22.50</td>", ">23.75</td>"):  # fmt: skip
         assert expected in text, expected
+    best = re.findall(r'<tr class="best">.*?</tr>', text)
+    assert len(best) == 1 and "bbbb2222" in best[0]  # 21.50 beats 21.25
 
 
 def test_table_rows_hold_best_final_baseline_and_test_psnr(sweep_dir):
@@ -96,23 +100,65 @@ def test_run_folders_compare_on_what_differs(tmp_path):
     assert [r.name for r in runs] == ["fast", "slow"] and sweep is None
     assert varied(runs, searched) == ["optim.lr"]
     page = write_report([tmp_path / "runs" / "slow", tmp_path / "runs" / "fast"], tmp_path / "out")
-    assert "Run comparison" in page.read_text() and "optim.lr" in page.read_text()
+    assert "Run comparison" in page.read_text() and '<th class="l">optim.lr</th>' in page.read_text()
 
 
 def test_report_entrypoint_on_a_real_sweep(tmp_path):
     data = tmp_path / "data"
     sweep = run_entrypoint("sweep", str(ROOT / "sweeps" / "smoke.yaml"), "--out", str(tmp_path / "sw"), "--threads",
-                           "1", "--set", "kl.mode=cyclical", "--set", f"data.root={data}")  # fmt: skip
+                           "1", "--set", "kl.mode=cyclical", "--set", "data.source=synthetic", "--set",
+                           f"data.root={data}")  # fmt: skip
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     proc = run_entrypoint("report", str(tmp_path / "sw"))
     assert proc.returncode == 0, proc.stderr
     page = tmp_path / "sw" / "report" / "report.html"
     assert proc.stdout.strip() == f"report: {page.as_uri()}"
     text = page.read_text()
-    assert "data:image/gif;base64," in text and "finished" in text
+    assert "data:image/gif;base64," in text and 'state-finished">finished</td>' in text
     assert re.search(r"<td>1\d\.\d\d</td>", text)  # a val PSNR in dB made it into the table
 
 
 def test_nothing_to_report_exits_2_in_one_line(tmp_path):
     proc = run_entrypoint("report", str(tmp_path))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no sweep.json" in proc.stderr, proc.stderr
+    assert str(tmp_path) in proc.stderr
+
+
+def crashed_run(path: Path, metrics: str | None = None) -> Path:
+    """A run folder whose training stopped before its first log: config.yaml, maybe an empty metrics.jsonl."""
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(to_yaml(load_experiment("smoke")))
+    if metrics is not None:
+        (path / "metrics.jsonl").write_text(metrics)
+    return path
+
+
+def test_a_run_that_never_logged_exits_2_instead_of_an_empty_report(tmp_path):
+    run = crashed_run(tmp_path / "crashed")
+    proc = run_entrypoint("report", str(run))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert str(run) in proc.stderr and "metrics.jsonl" in proc.stderr and "sweep.json" in proc.stderr
+    assert not (run / "report").exists()
+
+
+@pytest.mark.parametrize("layout", ["folder of crashed runs", "two crashed runs", "sweep without trials"])
+def test_no_run_with_metrics_is_a_report_error(tmp_path, layout):
+    if layout == "sweep without trials":
+        tmp_path.joinpath("sweep.json").write_text(
+            json.dumps({"sweep_id": "swp1", "config": {"method": "grid", "parameters": {}}, "trials": []})
+        )
+        paths = [tmp_path]
+    else:
+        runs = [crashed_run(tmp_path / "a"), crashed_run(tmp_path / "b", metrics='{"iter": 1, "epo')]  # torn line
+        paths = [tmp_path] if layout == "folder of crashed runs" else runs
+    with pytest.raises(ReportError, match="no run has metrics") as caught:
+        write_report(paths, tmp_path / "out")
+    assert all(str(p) in str(caught.value) for p in paths) and "metrics.jsonl" in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_runs_without_metrics_still_show_beside_ones_with(tmp_path):
+    fake_run(tmp_path / "runs" / "ok", 0.002, "monotonic", [20.0, 20.5])
+    crashed_run(tmp_path / "runs" / "crashed")
+    runs, _, _ = collect([tmp_path / "runs"])
+    assert [(r.name, len(r.records)) for r in runs] == [("crashed", 0), ("ok", 4)]

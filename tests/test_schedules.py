@@ -57,3 +57,24 @@ def test_teacher_forcing_step_and_floor():
     tfr = TeacherForcing(start_decay_epoch=0, decay_step=0.1, lower=0.25)
     assert teacher_forcing_ratio(3, 50, tfr) == pytest.approx(0.7)
     assert teacher_forcing_ratio(40, 50, tfr) == 0.25
+
+
+@pytest.mark.parametrize(
+    ("epoch", "expected"),
+    [(0.5, sigmoid(0.3)), (1.5, sigmoid(0.9)), (2.25, 1.0), (3.4, sigmoid(0.04))],
+)
+def test_cyclical_at_fractional_epochs_follows_the_curve(epoch, expected):
+    """10 epochs, 3 cycles: a cycle is 10/3 epochs and rises over its first 5/3; v = position / (5/3)."""
+    kl = KL(mode="cyclical", ratio=0.5, cycles=3)
+    assert beta(epoch, 10, kl) == pytest.approx(expected, rel=1e-5)
+
+
+def test_fractional_epochs_hand_values():
+    assert beta(1.25, 10, KL(mode="monotonic", ratio=0.5, beta_max=2.0)) == pytest.approx(0.5)
+    assert teacher_forcing_ratio(4.5, 10, TeacherForcing(start_decay_epoch=4)) == pytest.approx(1 - 0.5 / 6)
+
+
+def test_teacher_forcing_never_decays_when_the_start_is_past_the_run():
+    tfr = TeacherForcing(start_decay_epoch=10)
+    assert [teacher_forcing_ratio(e, 1, tfr) for e in (0, 0.5, 0.99)] == [1.0, 1.0, 1.0]
+    assert teacher_forcing_ratio(9.9, 10, tfr) == 1.0

@@ -14,16 +14,8 @@ import yaml
 from conftest import ROOT, WANDB, inspect_run, run_entrypoint
 
 from svg.config import OneLineParser, add_experiment_arguments, experiment_from_args
-from svg.sweep import (
-    Trial,
-    _engine,
-    expand_command,
-    load_sweep,
-    read_metrics,
-    suggest,
-    to_engine,
-    to_stop,
-)
+from svg.sweeps import SweepError, Trial, expand_command, load_sweep, suggest, sweeps_package, to_engine, to_stop
+from svg.tracking import read_metrics
 
 YAMLS = sorted((ROOT / "sweeps").glob("*.yaml"))
 SMOKE = str(ROOT / "sweeps" / "smoke.yaml")
@@ -50,7 +42,7 @@ def run_record(run_dir: Path) -> dict:
 def test_every_sweep_yaml_passes_the_engine_schema(path, monkeypatch):
     monkeypatch.chdir(ROOT)
     config = yaml.safe_load(path.read_text())
-    assert _engine().schema_violations_from_proposed_config(config) == []
+    assert sweeps_package().schema_violations_from_proposed_config(config) == []
     load_sweep(path)  # plus the engine's method checks and parameter names that are config fields
     assert config["program"] == "entrypoints/train.py"
     assert config["command"] == ["${env}", "${interpreter}", "${program}", "${args}"]
@@ -64,6 +56,28 @@ def test_a_schema_violation_exits_2_naming_it(tmp_path):
     proc = run_entrypoint("sweep", str(bad), "--out", str(tmp_path / "out"))
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "'grd' is not one of" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("where", ["copy", "project"])
+def test_a_misspelled_parameter_of_train_py_is_refused_wherever_it_lives(tmp_path, monkeypatch, where):
+    """The name check must not depend on where svg is installed: a train.py at another path is checked too."""
+    monkeypatch.chdir(ROOT)
+    program = "entrypoints/train.py"
+    if where == "copy":
+        program = str(tmp_path / "elsewhere" / "train.py")
+        Path(program).parent.mkdir()
+        Path(program).write_text((ROOT / "entrypoints" / "train.py").read_text())
+    body = "method: grid\nprogram: {}\nparameters:\n  config: {{value: smoke}}\n  kl.{}: {{values: [cyclical]}}\n"
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(body.format(program, "mode"))
+    bad.write_text(body.format(program, "mdoe"))
+    assert load_sweep(good)["program"] == program
+    with pytest.raises(SweepError, match=r"parameters: 'kl\.mdoe' is not a config field") as e:
+        load_sweep(bad)
+    assert "\n" not in str(e.value)
+    proc = run_entrypoint("sweep", str(bad), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "'kl.mdoe'" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_agent_command_line_parses_into_the_config(monkeypatch):
@@ -92,12 +106,28 @@ def test_agent_command_line_parses_into_the_config(monkeypatch):
 
 def test_other_command_macros_follow_the_agent(monkeypatch):
     monkeypatch.setenv("DEVICE", "cuda")
-    command = ["${interpreter}", "${program}", "--d=${envvar:DEVICE}", "${args_no_hyphens}", "${args_no_boolean_flags}",
-               "${args_json}", "${unknown}"]  # fmt: skip
+    command = [
+        "${interpreter}",
+        "${program}",
+        "--d=${envvar:DEVICE}",
+        "${args_no_hyphens}",
+        "${args_no_boolean_flags}",
+        "${args_json}",
+        "${unknown}",
+    ]
     config = {"program": "p.py", "command": command}
     argv = expand_command(config, {"a.b": 1, "c.d": False, "e.f": True}, interpreter="py")
-    assert argv == ["py", "p.py", "--d=cuda", "a.b=1", "c.d=False", "e.f=True", "--a.b=1", "--e.f",
-                    '{"a.b": 1, "c.d": false, "e.f": true}']  # fmt: skip
+    assert argv == [
+        "py",
+        "p.py",
+        "--d=cuda",
+        "a.b=1",
+        "c.d=False",
+        "e.f=True",
+        "--a.b=1",
+        "--e.f",
+        '{"a.b": 1, "c.d": false, "e.f": true}',
+    ]
 
 
 # -- what the engine sees ------------------------------------------------------------------------
@@ -125,9 +155,11 @@ def test_bayes_suggestions_follow_the_metrics_fed_back(tmp_path):
     config = {
         "method": "bayes",
         "metric": {"name": "val/psnr_best", "goal": "maximize"},
-        "parameters": {"config": {"value": "cpu"}, "optim.lr": {"distribution": "log_uniform_values",
-                                                                 "min": 0.0001, "max": 0.003}},
-    }  # fmt: skip
+        "parameters": {
+            "config": {"value": "cpu"},
+            "optim.lr": {"distribution": "log_uniform_values", "min": 0.0001, "max": 0.003},
+        },
+    }
     high = finished_trials(tmp_path / "high", lambda x: 20 + 5 * x)  # higher lr scores better
     low = finished_trials(tmp_path / "low", lambda x: 20 - 5 * x)
     assert high[0].summary_metrics["val/psnr_best"] == pytest.approx(20 + 5 * np.log10(0.0002))
@@ -147,13 +179,17 @@ def test_hyperband_stops_the_trailing_running_trial(tmp_path):
         "parameters": {"kl.mode": {"values": ["monotonic", "cyclical"]}},
     }
     runs = []
-    for name, state, values in (("done", "finished", [18, 20, 22, 23]), ("good", "running", [18, 21, 23]),
-                                ("poor", "running", [17, 18, 18.5])):  # fmt: skip
+    for name, state, values in (
+        ("done", "finished", [18, 20, 22, 23]),
+        ("good", "running", [18, 21, 23]),
+        ("poor", "running", [17, 18, 18.5]),
+    ):
         path = tmp_path / name / "metrics.jsonl"
         path.parent.mkdir()
         path.write_text("".join(json.dumps({"epoch": i + 1, "val/psnr_best": v}) + "\n" for i, v in enumerate(values)))
-        runs.append(to_engine(Trial(id=name, params={"kl.mode": "cyclical"}, state=state), read_metrics(path),
-                              "val/psnr_best"))  # fmt: skip
+        runs.append(
+            to_engine(Trial(id=name, params={"kl.mode": "cyclical"}, state=state), read_metrics(path), "val/psnr_best")
+        )
     assert to_stop(config, runs) == ["poor"]
 
 
@@ -163,8 +199,22 @@ def test_hyperband_stops_the_trailing_running_trial(tmp_path):
 @pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory, smoke_data):
     out = tmp_path_factory.mktemp("sweep") / "smoke"
-    proc = run_entrypoint("sweep", SMOKE, "--out", str(out), "--parallel", "2", "--threads", "1",
-                          "--sweep-id", "testswp1", "--set", f"data.root={smoke_data}")  # fmt: skip
+    proc = run_entrypoint(
+        "sweep",
+        SMOKE,
+        "--out",
+        str(out),
+        "--parallel",
+        "2",
+        "--threads",
+        "1",
+        "--sweep-id",
+        "testswp1",
+        "--set",
+        f"data.root={smoke_data}",
+        "--set",
+        "data.source=synthetic",
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return out, json.loads((out / "sweep.json").read_text()), proc
 
@@ -201,10 +251,26 @@ def test_trial_is_a_wandb_run_with_the_sweep_and_run_ids(smoke_sweep):
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, smoke_data):
     """SIGINT while the second trial trains: it checkpoints, and --resume continues it; the first is left alone."""
     out = tmp_path / "sweep"
-    args = [SMOKE, "--out", str(out), "--threads", "1", "--set", f"data.root={smoke_data}",
-            "--set", "train.iters_per_epoch=30"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, str(ROOT / "entrypoints" / "sweep.py"), *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    args = [
+        SMOKE,
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--set",
+        f"data.root={smoke_data}",
+        "--set",
+        "data.source=synthetic",
+        "--set",
+        "train.iters_per_epoch=30",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "entrypoints" / "sweep.py"), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
@@ -239,8 +305,15 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, s
 
 def test_train_out_defaults_to_a_folder_per_agent_run(tmp_path, smoke_data):
     agent = {"WANDB_SWEEP_ID": "agentswp", "WANDB_RUN_ID": "agentrun", "OMP_NUM_THREADS": "1"}
-    proc = run_entrypoint("train", "--config=smoke", f"--data.root={smoke_data}", "--kl.mode=cyclical", cwd=tmp_path,
-                          env=agent)  # fmt: skip
+    proc = run_entrypoint(
+        "train",
+        "--config=smoke",
+        f"--data.root={smoke_data}",
+        "--data.source=synthetic",
+        "--kl.mode=cyclical",
+        cwd=tmp_path,
+        env=agent,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "runs" / "sweep-agentswp" / "agentrun" / "metrics.jsonl").is_file(), sorted(
         str(p.relative_to(tmp_path)) for p in tmp_path.glob("runs/*/*")

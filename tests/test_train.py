@@ -11,17 +11,37 @@ from svg.metrics import psnr_per_frame
 from svg.models import SVG
 
 LOGGED = [
-    "train/loss", "train/mse", "train/kld", "beta", "tfr", "lr", "val/psnr", "val/psnr_best", "val/ssim",
-    "val/psnr_copy_last", "kl/active_units", "iter", "epoch",
-]  # fmt: skip
+    "train/loss",
+    "train/mse",
+    "train/kld",
+    "beta",
+    "tfr",
+    "lr",
+    "val/psnr",
+    "val/psnr_best",
+    "val/ssim",
+    "val/psnr_copy_last",
+    "kl/active_units",
+    "iter",
+    "epoch",
+]
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smoke")
     out = tmp / "run"
-    proc = run_entrypoint("train", "--config", "smoke", "--data.root", str(tmp / "data"), "--out", str(out),
-                          env={"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp)})  # fmt: skip
+    proc = run_entrypoint(
+        "train",
+        "--config",
+        "smoke",
+        "--data.source=synthetic",
+        "--data.root",
+        str(tmp / "data"),
+        "--out",
+        str(out),
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
@@ -69,3 +89,30 @@ def test_tiny_overfit_reaches_a_high_psnr():
         (res.mse + 1e-4 * res.kld).backward()
         opt.step()
     assert psnr_per_frame(res.pred, x[1:]).mean().item() > 30.0
+
+
+@pytest.mark.slow
+def test_compiled_step_on_cpu_matches_the_eager_step():
+    """train.compile with channels_last: the path that crashed inductor on CUDA, run here on the CPU."""
+    from svg.config import Optim, Train
+    from svg.runtime import setup_runtime
+    from svg.step import Parts, make_optimizer, to_model_layout, train_step
+
+    torch.manual_seed(0)
+    rt = setup_runtime(Train(device="cpu", precision="fp32", channels_last=True, compile=True))
+    frames, cond = torch.randint(0, 256, (2, 6, 64, 64, 3), dtype=torch.uint8), torch.randn(2, 6, 7)
+    x, c = to_model_layout(frames, cond, rt)
+    eps = torch.randn(5, 2, 4)
+    losses = []
+    for compiled in (False, True):
+        torch.manual_seed(1)
+        model = SVG(Model(encoder="dcgan64", channels=8, g_dim=16, z_dim=4, rnn_size=16)).to(
+            memory_format=torch.channels_last
+        )
+        model.channels_last = True
+        if compiled:
+            model.encoder.compile()
+            model.decoder.compile()
+        parts = Parts(model, make_optimizer(model, Optim()), rt)
+        losses.append([train_step(parts, x, c, 2, True, eps, 1e-4).loss.item() for _ in range(3)])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)

@@ -9,11 +9,20 @@ from svg.data.course import COND_DIM, FRAME_SHAPE, SEQ_LEN, SPLITS
 from svg.data.errors import DataError, DataWarning
 from svg.data.synthetic import ensure_synthetic, holds_other_data
 
-_LOADERS = ("CacheDataset", "CourseDataset", "eval_batches", "open_split", "train_batches")
+_LOADERS = ("CacheDataset", "CourseDataset", "eval_batches", "open_split", "Prefetcher", "train_batches")
 
 __all__ = [
-    "COND_DIM", "FRAME_SHAPE", "SEQ_LEN", "SPLITS", "DataError", "DataWarning", "convert_tfrecords",
-    "ensure_synthetic", "holds_other_data", "pack", *_LOADERS,
+    "COND_DIM",
+    "FRAME_SHAPE",
+    "SEQ_LEN",
+    "SPLITS",
+    "DataError",
+    "DataWarning",
+    "convert_tfrecords",
+    "ensure_synthetic",
+    "holds_other_data",
+    "pack",
+    *_LOADERS,
 ]
 
 

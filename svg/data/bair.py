@@ -6,10 +6,18 @@ i = 0..29 a record has `i/image_aux1/encoded` (raw 64x64x3 bytes), `i/image_main
 the course data uses, stored as the recorded uint8 bytes (no rescaling); conditions are action
 followed by end-effector position, as float32, unchanged.
 
-Validation rule: the train files, sorted by name, are permuted by numpy's default_rng(seed); the first
-round(val_fraction * n_files) of that order (at least one, at most all but one) go to validate/ as
-whole files, so no file is split between train and validate. A sequence keeps its file's stem as
-trajectory and its record index as seq: ROOT/validate/traj_0_to_255/17/.
+Validation rule (`split_files`; prepare_data.py prints which one it used). With n_files train files,
+sorted by name, and val_fraction > 0:
+- whole files, when n_files >= 2 and round(val_fraction * n_files) >= 1: the files are permuted by
+  numpy's default_rng(seed) and the first round(val_fraction * n_files) of that order (at most all but
+  one) go to validate/ whole, so no file is split between train and validate;
+- single sequences, otherwise (too few files, e.g. one): the n_records records of the train files,
+  numbered in file order then record order, are permuted by default_rng(seed) and the first
+  round(val_fraction * n_records) (at least one, at most all but one) go to validate/, the rest to
+  train/; a record is in exactly one of them.
+val_fraction 0 holds nothing out. A sequence keeps its file's stem as trajectory and its record index
+as seq, in whichever split it lands: ROOT/validate/traj_0_to_255/17/. ROOT/.bair.json records the seed,
+val_fraction, rule and the held-out files or sequences; converting into ROOT with other ones is refused.
 
 Resumable: a sequence is written to a temp folder and renamed; a finished file gets a `.complete`
 marker and is skipped next time. With pack=True the arrays go straight into ROOT/.cache, and a
@@ -21,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,30 +51,81 @@ _SETTINGS = ".bair.json"
 _FRAME_BYTES = int(np.prod(FRAME_SHAPE))
 
 
-def split_files(src: Path, val_fraction: float, seed: int) -> dict[str, list[Path]]:
-    """The files of each output split, by the validation rule in the module docstring."""
+@dataclass(frozen=True)
+class Split:
+    """Which records of which files go to each output split, and the rule that chose them.
+
+    parts[split] lists (file, records): the record indices the file gives that split, or None for all;
+    settings is what .bair.json records; summary says the rule and what it held out, in one line.
+    """
+
+    rule: str  # "files", "sequences" or "none" (--val-fraction 0)
+    parts: dict[str, list[tuple[Path, tuple[int, ...] | None]]]
+    settings: dict
+    summary: str
+
+
+def _held_out(n: int, val_fraction: float, seed: int) -> list[int]:
+    """Indices of the held-out items: the first round(val_fraction * n) (at most n - 1) of a seeded permutation."""
+    n_val = min(n - 1, max(1, round(val_fraction * n)))
+    return sorted(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
+
+
+def split_files(src: Path, val_fraction: float, seed: int) -> Split:
+    """The files (and records) of each output split, by the validation rule in the module docstring."""
     if not 0 <= val_fraction < 1:
         raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     found = {}
     for part in ("train", "test"):
-        folder = src / part
+        folder = Path(src) / part
         files = sorted(folder.glob("*.tfrecords"), key=lambda p: natural_key(p.name))
         if not files:
             raise DataError(f"{folder}: no *.tfrecords files (expected SRC/{part}/traj_<a>_to_<b>.tfrecords)")
         found[part] = files
-    train = found["train"]
-    n_val = 0
-    if val_fraction > 0:
-        if len(train) < 2:
-            raise DataError(f"{src / 'train'}: one file cannot be split into train and validate "
-                            "(validation holds out whole files; use --val-fraction 0)")
-        n_val = min(len(train) - 1, max(1, round(val_fraction * len(train))))
-    held_out = set(np.random.default_rng(seed).permutation(len(train))[:n_val].tolist())
-    return {
-        "train": [f for i, f in enumerate(train) if i not in held_out],
-        "validate": [f for i, f in enumerate(train) if i in held_out],
-        "test": found["test"],
-    }
+    train, test = found["train"], [(p, None) for p in found["test"]]
+    settings: dict = {"seed": seed, "val_fraction": val_fraction}
+    if val_fraction == 0:
+        settings["rule"] = "none"
+        parts = {"train": [(p, None) for p in train], "validate": [], "test": test}
+        return Split("none", parts, settings, "validation: none (--val-fraction 0)")
+    if len(train) >= 2 and round(val_fraction * len(train)) >= 1:
+        held = set(_held_out(len(train), val_fraction, seed))
+        validate = [p.name for i, p in enumerate(train) if i in held]
+        settings.update(rule="files", validate_files=validate)
+        parts = {
+            "train": [(p, None) for i, p in enumerate(train) if i not in held],
+            "validate": [(p, None) for i, p in enumerate(train) if i in held],
+            "test": test,
+        }
+        summary = (
+            f"validation: whole train files, {len(held)} of {len(train)} held out "
+            f"(seed {seed}, val-fraction {val_fraction}): {', '.join(validate)}"
+        )
+        return Split("files", parts, settings, summary)
+    # Too few files to hold out whole ones: hold out records, numbered across the train files in file order.
+    counts = [count_records(p) for p in train]
+    total = sum(counts)
+    if total < 2:
+        raise DataError(
+            f"{Path(src) / 'train'}: {total} record(s) cannot be split into train and validate; use --val-fraction 0"
+        )
+    held = set(_held_out(total, val_fraction, seed))
+    parts = {"train": [], "validate": [], "test": test}
+    held_by_file = {}
+    for path, start, count in zip(train, np.cumsum([0, *counts[:-1]]).tolist(), counts, strict=True):
+        out = tuple(k for k in range(count) if start + k in held)
+        kept = tuple(k for k in range(count) if start + k not in held)
+        if out:
+            parts["validate"].append((path, out))
+            held_by_file[path.name] = list(out)
+        if kept:
+            parts["train"].append((path, kept))
+    settings.update(rule="sequences", validate_sequences=held_by_file)
+    summary = (
+        f"validation: single sequences, {len(held)} of the {total} in {len(train)} train file(s) held out "
+        f"(too few files to hold out whole ones; seed {seed}, val-fraction {val_fraction})"
+    )
+    return Split("sequences", parts, settings, summary)
 
 
 def _decode(record: dict, path: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -76,8 +136,10 @@ def _decode(record: dict, path: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
         if not isinstance(image, bytes) or len(image) != _FRAME_BYTES:
             raise DataError(f"{path}: record {k} step {i}: image is not {_FRAME_BYTES} raw bytes (64x64x3)")
         if len(action) != ACTION_DIM or len(position) != POSITION_DIM:
-            raise DataError(f"{path}: record {k} step {i}: action/endeffector_pos of length "
-                            f"{len(action)}/{len(position)}, expected {ACTION_DIM}/{POSITION_DIM}")
+            raise DataError(
+                f"{path}: record {k} step {i}: action/endeffector_pos of length "
+                f"{len(action)}/{len(position)}, expected {ACTION_DIM}/{POSITION_DIM}"
+            )
         frames[i] = np.frombuffer(image, np.uint8).reshape(FRAME_SHAPE)
         conditions[i, :ACTION_DIM], conditions[i, ACTION_DIM:] = action, position
     if not np.isfinite(conditions).all():
@@ -118,70 +180,93 @@ def count_records(path: Path) -> int:
     return n
 
 
-def _convert_file(job: tuple[Path, Path]) -> int:
-    split_dir, path = job
+def _convert_file(job: tuple[Path, Path, tuple[int, ...] | None]) -> int:
+    split_dir, path, records = job
+    wanted = None if records is None else set(records)
     trajectory = split_dir / path.stem
     trajectory.mkdir(parents=True, exist_ok=True)
     n = 0
-    for n, (frames, conditions) in enumerate(read_records(path), 1):
-        seq_dir = trajectory / str(n - 1)
+    for k, (frames, conditions) in enumerate(read_records(path)):
+        if wanted is not None and k not in wanted:
+            continue
+        n += 1
+        seq_dir = trajectory / str(k)
         if not seq_dir.exists():
             write_sequence(seq_dir, frames, conditions[:, :ACTION_DIM], conditions[:, ACTION_DIM:])
+    if records is not None and n != len(records):
+        raise DataError(f"{path}: {len(records)} records expected for {split_dir.name}/, only {n} readable")
     (trajectory / _COMPLETE).touch()
     return n
 
 
-def _pack_file(job: tuple[Path, int, int, Path, Path]) -> str:
-    path, offset, count, frames_tmp, conditions_tmp = job
+def _pack_file(job: tuple[Path, tuple[int, ...], int, Path, Path]) -> str:
+    path, records, offset, frames_tmp, conditions_tmp = job
     frames_out = np.load(frames_tmp, mmap_mode="r+")
     conditions_out = np.load(conditions_tmp, mmap_mode="r+")
+    rows = {k: offset + i for i, k in enumerate(records)}
     n = 0
-    for n, (frames, conditions) in enumerate(read_records(path), 1):
-        if n > count:
+    for k, (frames, conditions) in enumerate(read_records(path)):
+        if k > records[-1]:
             break
-        frames_out[offset + n - 1], conditions_out[offset + n - 1] = frames, conditions
-    if n != count:
-        raise DataError(f"{path}: {n} readable records, but its length fields say {count}")
+        if k in rows:
+            frames_out[rows[k]], conditions_out[rows[k]] = frames, conditions
+            n += 1
+    if n != len(records):
+        raise DataError(f"{path}: {n} of the {len(records)} records to pack are readable (its length fields say more)")
     frames_out.flush()
     conditions_out.flush()
     return path.name
 
 
 def _check_settings(out: Path, settings: dict) -> None:
-    """Refuse to resume into a folder converted with another seed or validation fraction."""
+    """Refuse to resume into a folder converted with another seed, validation fraction or held-out choice."""
     path = out / _SETTINGS
     if path.exists():
         try:
             previous = json.loads(path.read_text())
         except ValueError:
             raise DataError(f"{path}: unreadable; delete it to convert into {out} afresh") from None
+        if isinstance(previous, dict) and "rule" not in previous:  # written before the rule was recorded
+            previous = {**previous, "rule": "files" if previous.get("validate_files") else "none"}
+            if previous["rule"] == "none":
+                previous.pop("validate_files", None)
         if previous != settings:
-            raise DataError(f"{path}: {out} was converted with {previous}, not {settings}; "
-                            "use the same --seed/--val-fraction or another --out")
+            raise DataError(
+                f"{path}: {out} was converted with {previous}, not {settings}; "
+                "use the same --seed/--val-fraction and train files, or another --out"
+            )
         return
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(settings, indent=1))
 
 
-def _write_layout(out: Path, files: dict[str, list[Path]], workers: int, progress: bool) -> dict[str, int]:
-    jobs = [(out / split, path) for split, paths in files.items() for path in paths]
+def _write_layout(out: Path, split: Split, workers: int, progress: bool) -> dict[str, int]:
+    jobs = [(out / name, path, records) for name, parts in split.parts.items() for path, records in parts]
     todo = [job for job in jobs if not (job[0] / job[1].stem / _COMPLETE).exists()]
     bar = cache.progress_bar(progress, len(jobs), "convert", "file", initial=len(jobs) - len(todo))
     with cache.pool_context().Pool(workers) as pool, bar:
         for _ in pool.imap_unordered(_convert_file, todo):
             bar.update()
-    return {split: sum(len(list((out / split / p.stem).glob("[0-9]*"))) for p in paths)
-            for split, paths in files.items()}
+    return {
+        name: sum(len(list((out / name / path.stem).glob("[0-9]*"))) for path, _ in parts)
+        for name, parts in split.parts.items()
+    }
 
 
-def _pack_split(out: Path, split: str, paths: list[Path], workers: int, progress: bool) -> int:
-    counts = [count_records(p) for p in paths]
+def _pack_split(
+    out: Path, split: str, parts: list[tuple[Path, tuple[int, ...] | None]], workers: int, progress: bool
+) -> int:
+    paths = [path for path, _ in parts]
+    records = [tuple(range(count_records(p))) if r is None else r for p, r in parts]
+    counts = [len(r) for r in records]
     total = sum(counts)
     if total == 0:
         raise DataError(f"{paths[0].parent}: the {split} files hold no records")
     frames_path, conditions_path, _ = cache.cache_paths(out, split)
     state_path = frames_path.with_name(f"{split}_progress.json")
     plan = {"files": [str(p) for p in paths], "counts": counts}
+    if any(r is not None for _, r in parts):  # some files give this split only some of their records
+        plan["records"] = [None if r is None else list(r) for _, r in parts]
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     frames_tmp, conditions_tmp = (p.with_name(p.name + ".tmp") for p in (frames_path, conditions_path))
     if state.get("plan") == plan and frames_tmp.exists() and conditions_tmp.exists():
@@ -190,8 +275,11 @@ def _pack_split(out: Path, split: str, paths: list[Path], workers: int, progress
         frames_tmp, conditions_tmp = cache.begin(out, split, total, SEQ_LEN)
         done = []
     offsets = np.cumsum([0, *counts[:-1]]).tolist()
-    jobs = [(p, o, c, frames_tmp, conditions_tmp)
-            for p, o, c in zip(paths, offsets, counts, strict=True) if p.name not in done]
+    jobs = [
+        (p, r, o, frames_tmp, conditions_tmp)
+        for p, r, o in zip(paths, records, offsets, strict=True)
+        if r and p.name not in done
+    ]
     bar = cache.progress_bar(progress, len(paths), f"pack {split}", "file", initial=len(paths) - len(jobs))
     with cache.pool_context().Pool(workers) as pool, bar:
         for name in pool.imap_unordered(_pack_file, jobs):
@@ -206,16 +294,19 @@ def _pack_split(out: Path, split: str, paths: list[Path], workers: int, progress
 
 
 def convert(
-    src: str | Path, out: str | Path, val_fraction: float = 0.05, seed: int = 0, pack: bool = False,
-    workers: int | None = None, progress: bool = True,
+    src: str | Path,
+    out: str | Path,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    pack: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
 ) -> dict[str, int]:
     """Convert SRC (train/, test/ of TFRecords) into ROOT=out; returns sequences per split."""
     src, out = Path(src), Path(out)
-    files = split_files(src, val_fraction, seed)
-    _check_settings(out, {"seed": seed, "val_fraction": val_fraction,
-                          "validate_files": [p.name for p in files["validate"]]})
+    split = split_files(src, val_fraction, seed)
+    _check_settings(out, split.settings)
     workers = workers or os.cpu_count() or 1
     if pack:
-        return {split: _pack_split(out, split, paths, workers, progress)
-                for split, paths in files.items() if paths}
-    return _write_layout(out, files, workers, progress)
+        return {name: _pack_split(out, name, parts, workers, progress) for name, parts in split.parts.items() if parts}
+    return _write_layout(out, split, workers, progress)

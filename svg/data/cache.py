@@ -28,8 +28,7 @@ _FORMAT = 1
 
 def cache_paths(root: Path, split: str) -> tuple[Path, Path, Path]:
     folder = Path(root) / CACHE_DIR
-    return (folder / f"{split}_frames.npy", folder / f"{split}_conditions.npy",
-            folder / f"{split}_manifest.json")
+    return (folder / f"{split}_frames.npy", folder / f"{split}_conditions.npy", folder / f"{split}_manifest.json")
 
 
 def _tmp(path: Path) -> Path:
@@ -81,8 +80,13 @@ def commit(root: Path, split: str, source_fingerprint: str | None, origin: str) 
     count, seq_len = np.load(_tmp(frames_path), mmap_mode="r").shape[:2]
     os.replace(_tmp(frames_path), frames_path)
     os.replace(_tmp(conditions_path), conditions_path)
-    manifest = {"format": _FORMAT, "count": int(count), "seq_len": int(seq_len), "origin": origin,
-                "fingerprint": source_fingerprint}
+    manifest = {
+        "format": _FORMAT,
+        "count": int(count),
+        "seq_len": int(seq_len),
+        "origin": origin,
+        "fingerprint": source_fingerprint,
+    }
     _tmp(manifest_path).write_text(json.dumps(manifest, indent=1))
     os.replace(_tmp(manifest_path), manifest_path)
     return int(count)
@@ -135,16 +139,16 @@ def _load(path: Path, dtype: type, tail: tuple[int, ...]) -> np.ndarray:
     return array
 
 
-def check_arrays(frames_path: Path, conditions_path: Path, seq_len: int, skip_bad: bool
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def check_arrays(
+    frames_path: Path, conditions_path: Path, seq_len: int, skip_bad: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Validate a packed split; returns the rows to use and their conditions (rows, seq_len, 7).
 
     Rows whose conditions hold NaN/inf raise, or with skip_bad are left out with a warning each."""
     frames = _load(frames_path, np.uint8, FRAME_SHAPE)
     conditions = _load(conditions_path, np.float32, (COND_DIM,))
     if frames.shape[:2] != conditions.shape[:2]:
-        raise DataError(f"{conditions_path}: shape {conditions.shape} does not match "
-                        f"{frames_path} {frames.shape}")
+        raise DataError(f"{conditions_path}: shape {conditions.shape} does not match {frames_path} {frames.shape}")
     if frames.shape[1] < seq_len:
         raise DataError(f"{frames_path}: sequences of {frames.shape[1]} frames, needs {seq_len}")
     if len(frames) == 0:
@@ -180,8 +184,15 @@ def _shrink(path: Path, count: int) -> None:
     os.replace(part, path)
 
 
-def _pack_split(root: Path, split: str, seq_len: int, scanned: tuple[list[Path], np.ndarray], skip_bad: bool,
-                workers: int, progress: bool) -> int:
+def _pack_split(
+    root: Path,
+    split: str,
+    seq_len: int,
+    scanned: tuple[list[Path], np.ndarray],
+    skip_bad: bool,
+    workers: int,
+    progress: bool,
+) -> int:
     sequences, all_conditions = scanned
     source = fingerprint(root / split)
     frames_tmp, conditions_tmp = begin(root, split, len(sequences), seq_len)
@@ -236,5 +247,6 @@ def pack(
         raise DataError(f"data.root: {root} does not exist or is not a folder")
     scanned = {split: scan_split(root / split, seq_len, skip_bad) for split in splits}
     workers = workers or os.cpu_count() or 1
-    return {split: _pack_split(root, split, seq_len, found, skip_bad, workers, progress)
-            for split, found in scanned.items()}
+    return {
+        split: _pack_split(root, split, seq_len, found, skip_bad, workers, progress) for split, found in scanned.items()
+    }

@@ -38,9 +38,7 @@ def natural_key(name: str) -> tuple:
 
 
 def _subdirs(folder: Path) -> list[str]:
-    return sorted(
-        (e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")), key=natural_key
-    )
+    return sorted((e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")), key=natural_key)
 
 
 def list_sequences(split_dir: Path) -> list[Path]:
@@ -63,8 +61,12 @@ def encode_png(frame: np.ndarray) -> bytes:
     filtered[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
     header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
-    return (_PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(filtered.tobytes(), 1))
-            + _chunk(b"IEND", b""))
+    return (
+        _PNG_SIGNATURE
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(filtered.tobytes(), 1))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def write_sequence(seq_dir: Path, frames: np.ndarray, actions: np.ndarray, positions: np.ndarray) -> None:

@@ -7,6 +7,8 @@ see disjoint sequences in equal numbers.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -42,8 +44,7 @@ class CourseDataset(torch.utils.data.Dataset):
 class CacheDataset(torch.utils.data.Dataset):
     """A packed split read through a memory map: no decoding, and workers share the page cache."""
 
-    def __init__(self, frames_path: Path, conditions_path: Path, seq_len: int = SEQ_LEN,
-                 skip_bad: bool = False):
+    def __init__(self, frames_path: Path, conditions_path: Path, seq_len: int = SEQ_LEN, skip_bad: bool = False):
         self.frames_path, self.seq_len = frames_path, seq_len
         self.rows, self.conditions = cache.check_arrays(frames_path, conditions_path, seq_len, skip_bad)
         self._frames: np.ndarray | None = None
@@ -85,7 +86,10 @@ def open_split(
         raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data.root: {root} does not exist or is not a folder")
+        raise DataError(
+            f"data.root: {root} does not exist or is not a folder (expected a dataset: "
+            "train/<trajectory>/<seq>/0.png … or a packed cache; --data.source=synthetic generates one there)"
+        )
     if cache.usable(root, split):
         return CacheDataset(*cache.cache_paths(root, split)[:2], seq_len, skip_bad)
     return CourseDataset(root / split, seq_len, skip_bad)
@@ -114,28 +118,31 @@ class _ByBatch(torch.utils.data.Dataset):
         return _fetch(self.dataset, indices)
 
 
-def _load(
-    dataset: torch.utils.data.Dataset, index_batches: Iterable[np.ndarray], num_workers: int
-) -> Iterator[Batch]:
+def _load(dataset: torch.utils.data.Dataset, index_batches: Iterable[np.ndarray], num_workers: int) -> Iterator[Batch]:
     if num_workers == 0:
         for indices in index_batches:
             yield _as_tensors(_fetch(dataset, indices))
         return
     loader = torch.utils.data.DataLoader(
-        _ByBatch(dataset), batch_size=None, sampler=index_batches, num_workers=num_workers,
+        _ByBatch(dataset),
+        batch_size=None,
+        sampler=index_batches,
+        num_workers=num_workers,
         collate_fn=_as_tensors,
     )
     yield from loader
 
 
-def train_order(n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                start_batch: int = 0) -> Iterator[np.ndarray]:
+def train_order(
+    n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, start_batch: int = 0
+) -> Iterator[np.ndarray]:
     """Endless index batches of one rank; batch k is the same whether or not batches 0..k-1 were drawn."""
     per_rank = n // world_size
     per_epoch = per_rank // batch_size
     if per_epoch == 0:
-        raise DataError(f"data: {n} training sequences cannot fill one batch of {batch_size} "
-                        f"on each of {world_size} rank(s)")
+        raise DataError(
+            f"data: {n} training sequences cannot fill one batch of {batch_size} on each of {world_size} rank(s)"
+        )
 
     def batches() -> Iterator[np.ndarray]:
         epoch, first = divmod(start_batch, per_epoch)
@@ -150,8 +157,13 @@ def train_order(n: int, batch_size: int, seed: int, rank: int = 0, world_size: i
 
 
 def train_batches(
-    dataset: torch.utils.data.Dataset, batch_size: int, seed: int, num_workers: int = 0,
-    rank: int = 0, world_size: int = 1, start_batch: int = 0,
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    seed: int,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    start_batch: int = 0,
 ) -> Iterator[Batch]:
     """Endless random batches (frames uint8 (B, T, 64, 64, 3), conditions float32 (B, T, 7)), drop_last.
 
@@ -171,3 +183,46 @@ def eval_batches(
     n = len(dataset) if limit is None else min(limit, len(dataset))
     order = [np.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
     return _load(dataset, order, num_workers)
+
+
+class Prefetcher:
+    """The next batch loaded (and pinned, for asynchronous copies to a GPU) in a thread while the
+    current step runs. Order and content are those of ``batches``; an error in loading is raised by
+    ``next``; ``close`` stops the thread."""
+
+    def __init__(self, batches: Iterator[Batch], pin: bool = False):
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(batches, pin), daemon=True)
+        self._thread.start()
+
+    def _fill(self, batches: Iterator[Batch], pin: bool) -> None:
+        try:
+            for frames, cond in batches:
+                item = (frames.pin_memory(), cond.pin_memory()) if pin else (frames, cond)
+                if not self._put(item):
+                    return
+        except Exception as e:  # handed to the consumer, which raises it where it asked for a batch
+            self._put(e)
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Prefetcher:
+        return self
+
+    def __next__(self) -> Batch:
+        item = self._queue.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()

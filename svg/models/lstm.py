@@ -45,7 +45,8 @@ class FramePredictor(_StackedLSTM):
 
 
 class GaussianLSTM(_StackedLSTM):
-    """Frame encoding -> (mu, logvar) of a diagonal Gaussian over z_t."""
+    """Frame encoding -> (mu, logvar) of a diagonal Gaussian over z_t; the heads run in fp32 under any
+    autocast, since the KL and the sampled z are only as good as mu and logvar."""
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int, layers: int):
         super().__init__(input_size, hidden_size, layers)
@@ -54,9 +55,11 @@ class GaussianLSTM(_StackedLSTM):
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor, State]:
         h, state = self._run(x, state)
-        return self.mu(h), self.logvar(h), state
+        with torch.autocast(h.device.type, enabled=False):
+            h = h.to(torch.promote_types(h.dtype, torch.float32))
+            return self.mu(h), self.logvar(h), state
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """z = mu + sigma * eps; eps is drawn by the caller so every path can share the same noise."""
-    return mu + torch.exp(0.5 * logvar) * eps
+    return mu + torch.exp(0.5 * logvar) * eps.to(mu.dtype)

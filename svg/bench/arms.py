@@ -1,0 +1,176 @@
+"""The timed arms: one model copy each, stepped by ``svg.step.train_step`` (the trainer's step), with
+the config's optimizer (``make_optimizer``, ``optim.lr``, ``optim.grad_clip``). Also: the arms' order
+(alternation), their FLOP count, the ``--variant`` grammar, and the prediction timing.
+
+The project arm runs the model's own sequence (time-batched) under the runtime the trainer picks; the
+reference arm differs only in ``forward``: the seed's per-frame ``reference_step``, fp32, contiguous,
+eager; a variant arm changes one runtime setting of the project's.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from svg.config import Optim
+from svg.data import COND_DIM, FRAME_SHAPE
+from svg.errors import SvgError
+from svg.models import SVG
+from svg.models.reference import reference_step
+from svg.runtime import AMP_DTYPES, Runtime
+from svg.step import Parts, make_optimizer, to_model_layout, train_step
+
+SEED_EPOCH_SEQUENCES = 600 * 12
+"""One epoch of the seed's setup: 600 iterations of batch 12."""
+
+StepKind = Literal["project", "reference"]
+
+VARIANT_KEYS = {"step": ("project", "reference"), "precision": ("auto", *AMP_DTYPES),
+                "channels_last": ("true", "false"), "compile": ("true", "false")}  # fmt: skip
+"""What ``--variant`` may set, and to what."""
+
+
+def parse_variant(spec: str) -> dict[str, Any]:
+    """``precision=bf16,channels_last=false`` -> {"precision": "bf16", "channels_last": False}."""
+    out: dict[str, Any] = {}
+    for item in spec.split(","):
+        key, _, value = item.partition("=")
+        key, value = key.strip(), value.strip().lower()
+        if key not in VARIANT_KEYS or value not in VARIANT_KEYS[key]:
+            choices = "; ".join(f"{k}={'|'.join(v)}" for k, v in VARIANT_KEYS.items())
+            raise SvgError(f"--variant: {item!r} is not one of {choices}")
+        out[key] = value == "true" if key in ("channels_last", "compile") else value
+    return out
+
+
+@dataclass
+class Arm:
+    """One side of the comparison: what a step updates (``Parts``), and the times it took."""
+
+    name: str
+    kind: StepKind
+    parts: Parts
+    compile: bool
+    times: list[float] = field(default_factory=list)
+    warmup_times: list[float] = field(default_factory=list)
+    flops: int = 0
+    memory: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> SVG:
+        return self.parts.model
+
+    def step(
+        self,
+        frames: torch.Tensor,
+        cond: torch.Tensor,
+        eps: torch.Tensor,
+        n_past: int,
+        teacher_forcing: bool,
+        beta: float,
+    ) -> float:
+        """One training step as the trainer runs it, from loader batches; returns the loss, whose reading
+        waits for the whole step (the optimizer's kernels were queued before it)."""
+        x, c = to_model_layout(frames, cond, self.parts.rt)
+        return train_step(self.parts, x, c, n_past, teacher_forcing, eps, beta).loss.item()
+
+    def compile_modules(self) -> None:
+        """torch.compile the encoder and decoder in place, as ``train.compile`` does."""
+        self.model.encoder.compile()
+        self.model.decoder.compile()
+
+    def summary(self, batch: int, iters_per_epoch: int, peak: dict[str, Any] | None) -> dict[str, Any]:
+        median = statistics.median(self.times)
+        precision = self.parts.rt.precision
+        out: dict[str, Any] = {
+            "step_time_s": median,
+            "step_time_mean_s": statistics.fmean(self.times),
+            "step_time_min_s": min(self.times),
+            "step_times_s": [round(t, 4) for t in self.times],
+            "warmup_times_s": [round(t, 4) for t in self.warmup_times],
+            "steps_per_s": 1 / median,
+            "train_seq_per_s": batch / median,
+            "flops_per_step": self.flops,
+            "flop_per_s": self.flops / median,
+            "epoch_time_s": iters_per_epoch * median,
+            "seed_epoch_time_s": SEED_EPOCH_SEQUENCES * median / batch,
+            "precision": precision,
+            "channels_last": self.parts.rt.channels_last,
+            "compile": self.compile,
+            **self.memory,
+        }
+        key = "bf16_flop_per_s" if precision == "bf16" and peak and "bf16_flop_per_s" in peak else "fp32_flop_per_s"
+        if peak and key in peak:
+            out["fraction_of_peak"] = out["flop_per_s"] / peak[key]
+        return out
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What an arm runs: the model's sequence or the seed's per-frame one, and the runtime settings."""
+
+    step: StepKind = "project"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+
+REFERENCE = Setting("reference", "fp32", channels_last=False, compile=False)
+"""The seed's step as the seed ran it: per frame, fp32, contiguous, eager."""
+
+
+def make_arm(name: str, initial: SVG, setting: Setting, rt: Runtime, optim: Optim) -> Arm:
+    """An arm on its own copy of ``initial``, with the optimizer and clipping the trainer would use."""
+    model = copy.deepcopy(initial)
+    if setting.channels_last:
+        model.channels_last = True
+        model.to(memory_format=torch.channels_last)
+    arm_rt = Runtime(rt.device, AMP_DTYPES[setting.precision], setting.channels_last, rt.rank, rt.world_size)
+    forward = functools.partial(reference_step, model) if setting.step == "reference" else None
+    parts = Parts(model, make_optimizer(model, optim), arm_rt, optim.grad_clip, forward=forward)
+    return Arm(name, setting.step, parts, setting.compile)
+
+
+def alternate(arms: Sequence[Any], rounds: int, run: Callable[[int, Any], None]) -> None:
+    """Round i runs every arm once, in order on even rounds and reversed on odd ones (A B, B A, ...):
+    a drift linear in time then costs both arms the same."""
+    for i in range(rounds):
+        for arm in arms if i % 2 == 0 else arms[::-1]:
+            run(i, arm)
+
+
+def count_flops(step: Callable[[], Any]) -> int:
+    """FLOPs of one call as torch.utils.flop_counter counts them (matmuls and convolutions, forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def bench_eval(model: SVG, rt: Runtime, batch: int, n_past: int, n_eval: int, batches: int) -> dict[str, Any]:
+    """Sequences per second of ``model.predict`` (eval mode, z from the prior) over n_eval frames."""
+    gen = torch.Generator(device=rt.device).manual_seed(0)
+    height, width, channels = FRAME_SHAPE
+    x = torch.rand(n_past, batch, channels, height, width, device=rt.device)
+    c = torch.randn(n_eval, batch, COND_DIM, device=rt.device)
+    model.eval()
+
+    def predict() -> None:
+        with torch.no_grad(), rt.autocast():
+            out = model.predict(x, c, n_past, generator=gen)
+        out.sum().item()
+
+    predict()  # warm-up: kernels, compilation for the new shapes
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        predict()
+    elapsed = time.perf_counter() - t0
+    model.train()
+    return {"eval_seq_per_s": batch * batches / elapsed, "eval_batch_time_s": elapsed / batches, "eval_frames": n_eval}

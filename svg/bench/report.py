@@ -1,0 +1,213 @@
+"""The whole benchmark: its options, ``run`` (build the arms, count, warm, time, measure prediction and
+loading, assemble the report that ``entrypoints/bench.py`` writes as JSON) and the terminal summary.
+
+All arms take the same batches and the same noise and alternate step by step in one process (A B,
+B A, A B, ...), so machine drift, which is large on a shared CPU, lands on all of them: the ratio of
+their step times is the number to trust, more than any time alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from svg.bench.arms import REFERENCE, Arm, Setting, alternate, bench_eval, count_flops, make_arm, parse_variant
+from svg.bench.loaders import bench_loaders, dataset_root, step_batches
+from svg.bench.machine import load_average, machine, peak_memory
+from svg.config import Experiment
+from svg.errors import SvgError
+from svg.models import SVG
+from svg.runtime import Runtime, setup_runtime
+
+
+@dataclass
+class Options:
+    steps: int = 5
+    """Timed steps per arm."""
+    warmup: int = 1
+    """Untimed steps per arm after the FLOP-counting step (compilation, allocator, oneDNN caches); the
+    last one is the step whose peak memory is reported."""
+    teacher_forcing: bool = True
+    """Time the teacher-forced step (the seed's first epochs; the decoder runs batched over time) or
+    the step that feeds the model its own predictions (sequential decoder)."""
+    reference: bool = True
+    """Also time the seed's per-frame fp32 step."""
+    eval_batches: int = 2
+    """Timed batches of ``model.predict`` over ``train.n_eval`` frames."""
+    loader_batches: int = 20
+    """Timed batches per loader (packed cache, PNG folders); 0 skips the loader benchmark."""
+    loader_workers: int = 0
+    """DataLoader workers for the loader benchmark (0: read in this process, the per-core rate)."""
+    data_root: Path | None = None
+    """Dataset for the loaders and the step batches; None: a small synthetic set in a temp folder."""
+    step_data: Literal["synthetic", "random"] = "synthetic"
+    """Step batches from the dataset, or random uint8 frames (no dataset needed when loaders are off)."""
+    variants: tuple[str, ...] = ()
+    """Extra arms timed in the same alternation, e.g. ``precision=bf16,channels_last=false`` or
+    ``step=reference,channels_last=true``: A/B tests of the runtime settings under the same drift."""
+
+    def check(self) -> None:
+        """Raise SvgError naming the first option out of range or the first bad variant."""
+        for name, value, minimum in (("--steps", self.steps, 1), ("--warmup", self.warmup, 1),
+                                     ("--eval-batches", self.eval_batches, 0),
+                                     ("--loader-batches", self.loader_batches, 0),
+                                     ("--loader-workers", self.loader_workers, 0)):  # fmt: skip
+            if value < minimum:
+                raise SvgError(f"{name}: must be >= {minimum}, got {value}")
+        for spec in self.variants:
+            parse_variant(spec)
+
+
+def _arms(exp: Experiment, opts: Options, rt: Runtime) -> list[Arm]:
+    """The project arm, the reference arm (if asked for), then one per variant, all from the same weights."""
+    torch.manual_seed(exp.train.seed)
+    initial = SVG(exp.model).to(rt.device)  # fp32, contiguous: every arm starts from a copy of these weights
+    project = Setting("project", rt.precision, rt.channels_last, exp.train.compile)
+    settings = [("project", project)]
+    if opts.reference:
+        settings.append(("reference", REFERENCE))
+    for spec in opts.variants:
+        variant = parse_variant(spec)
+        if variant.get("precision") == "auto":
+            variant["precision"] = rt.precision
+        settings.append((spec, dataclasses.replace(project, **variant)))
+    return [make_arm(name, initial, setting, rt, exp.optim) for name, setting in settings]
+
+
+def run(exp: Experiment, opts: Options, preset: str = "") -> dict[str, Any]:
+    """Measure and return the report (what ``entrypoints/bench.py`` writes as JSON)."""
+    opts.check()
+    started, load_before = time.perf_counter(), load_average()
+    rt = setup_runtime(exp.train)
+    cfg = exp.train
+    batch, seq_len, n_past = exp.data.batch_size, cfg.n_past + cfg.n_future, cfg.n_past
+    info = machine(rt)
+    peak = info.get("peak")
+    arms = _arms(exp, opts, rt)
+    project = arms[0]
+
+    needed = opts.loader_batches > 0 or opts.step_data == "synthetic"
+    with dataset_root(opts.data_root, batch, needed) as root:
+        loaders = None
+        if opts.loader_batches and root is not None:
+            loaders = bench_loaders(
+                root, seq_len, batch, opts.loader_batches, opts.loader_workers, keep_root=opts.data_root is not None
+            )
+        data = step_batches(None if opts.step_data == "random" else root, batch, seq_len, count=4)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    noise = [torch.randn(seq_len - 1, batch, exp.model.z_dim, generator=gen).to(rt.device) for _ in data]
+    tf, beta = opts.teacher_forcing, exp.kl.beta_max
+
+    def step(i: int, arm: Arm) -> float:
+        frames, cond = data[i % len(data)]
+        return arm.step(frames, cond, noise[i % len(noise)], n_past, tf, beta)
+
+    counted: dict[str, int] = {}
+    for arm in arms:  # eager, before any compilation: FLOPs depend neither on kernels nor on layout
+        if arm.kind not in counted:
+            counted[arm.kind] = count_flops(lambda arm=arm: step(0, arm))
+        else:
+            step(0, arm)
+        arm.flops = counted[arm.kind]
+    for arm in arms:
+        if arm.compile:
+            arm.compile_modules()
+
+    def warm(i: int, arm: Arm) -> None:
+        t0 = time.perf_counter()
+        if i == opts.warmup - 1:
+            arm.memory = peak_memory(rt.device, lambda: step(i, arm))
+        else:
+            step(i, arm)
+        arm.warmup_times.append(time.perf_counter() - t0)
+
+    alternate(arms, opts.warmup, warm)
+
+    def timed(i: int, arm: Arm) -> None:
+        t0 = time.perf_counter()
+        step(i, arm)
+        arm.times.append(time.perf_counter() - t0)
+
+    alternate(arms, opts.steps, timed)
+
+    report: dict[str, Any] = {
+        "preset": preset,
+        "device": str(rt.device),
+        "settings": {
+            "batch_size": batch,
+            "n_past": n_past,
+            "n_future": cfg.n_future,
+            "n_eval": cfg.n_eval,
+            "teacher_forcing": tf,
+            "precision": rt.precision,
+            "channels_last": rt.channels_last,
+            "compile": cfg.compile,
+            "threads": torch.get_num_threads(),
+            "steps": opts.steps,
+            "warmup": opts.warmup,
+            "step_data": "random" if root is None else opts.step_data,
+            "model": exp.model.model_dump(mode="json"),
+        },
+        "speedup_vs_reference": None,
+        "project": project.summary(batch, cfg.iters_per_epoch, peak),
+    }
+    if opts.reference:
+        reference = arms[1]
+        report["reference"] = reference.summary(batch, cfg.iters_per_epoch, peak)
+        report["speedup_vs_reference"] = report["reference"]["step_time_s"] / report["project"]["step_time_s"]
+        report["flops_ratio"] = project.flops / reference.flops
+    if opts.variants:
+        report["variants"] = {}
+        for arm in arms[len(arms) - len(opts.variants) :]:
+            summary = arm.summary(batch, cfg.iters_per_epoch, peak)
+            summary["step"] = arm.kind
+            summary["project_over_this"] = summary["step_time_s"] / report["project"]["step_time_s"]
+            report["variants"][arm.name] = summary
+    if opts.eval_batches:
+        report["project"].update(bench_eval(project.model, rt, batch, n_past, cfg.n_eval, opts.eval_batches))
+    if loaders is not None:
+        if loaders["cache"]:
+            loaders["cache_vs_training"] = loaders["cache"]["seq_per_s"] / report["project"]["train_seq_per_s"]
+        report["loader"] = loaders
+    report["machine"] = info
+    report["load_average"] = {"before": load_before, "after": load_average()}
+    report["wall_time_s"] = time.perf_counter() - started
+    return report
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """A few human lines for the terminal; the JSON holds everything."""
+    p, s = report["project"], report["settings"]
+    lines = [
+        f"{report['preset'] or 'config'} on {report['device']} ({report['machine']['cpu']}, "
+        f"{s['threads']} threads), batch {s['batch_size']}, {s['n_past']}+{s['n_future']} frames, "
+        f"teacher forcing {'on' if s['teacher_forcing'] else 'off'}, load {report['load_average']['before'][0]}"
+        f"->{report['load_average']['after'][0]}",
+        f"project   {p['step_time_s']:.3f} s/step  {p['train_seq_per_s']:.2f} seq/s  {p['flops_per_step'] / 1e9:.1f} "
+        f"GFLOP/step  {p['flop_per_s'] / 1e9:.1f} GFLOP/s  ({s['precision']}, channels_last {s['channels_last']}, "
+        f"compile {s['compile']})",
+    ]
+    if "reference" in report:
+        r = report["reference"]
+        lines.append(
+            f"reference {r['step_time_s']:.3f} s/step  {r['train_seq_per_s']:.2f} seq/s  "
+            f"{r['flops_per_step'] / 1e9:.1f} GFLOP/step  {r['flop_per_s'] / 1e9:.1f} GFLOP/s  (fp32, per frame)"
+        )
+        lines.append(f"speed-up  {report['speedup_vs_reference']:.2f}x")
+    for name, v in report.get("variants", {}).items():
+        lines.append(f"variant   {v['step_time_s']:.3f} s/step  {v['train_seq_per_s']:.2f} seq/s  ({name}; project is "
+                     f"{v['project_over_this']:.2f}x its speed)")  # fmt: skip
+    if "eval_seq_per_s" in p:
+        lines.append(f"predict   {p['eval_seq_per_s']:.2f} seq/s over {p['eval_frames']} frames")
+    loader = report.get("loader")
+    if loader and loader["cache"] and loader["png"]:
+        lines.append(
+            f"loader    cache {loader['cache']['seq_per_s']:.0f} seq/s, PNG {loader['png']['seq_per_s']:.0f} seq/s "
+            f"({loader['cache_vs_png']:.0f}x; cache / training step {loader['cache_vs_training']:.0f}x)"
+        )
+    return lines

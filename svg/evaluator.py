@@ -1,0 +1,153 @@
+"""The evaluator: a checkpoint scored on a split, written as JSON with media beside it, and logged
+to the checkpoint's W&B run. The numbers come from ``svg.evaluation``, as validation's do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from svg.checkpoint import load_model
+from svg.data import SEQ_LEN, eval_batches, open_split
+from svg.errors import SvgError
+from svg.evaluation import evaluate, summarize
+from svg.media import write_curves, write_gif, write_strip
+from svg.runtime import setup_runtime
+from svg.tracking import Tracker
+
+
+def per_frame_series(summary: dict) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+    """The summary's curves grouped for ``svg.media.write_curves``: metric -> label -> (mean, ci95)."""
+    n = summary["n_samples"]
+    return {
+        metric.upper(): {
+            f"mean of {n}": (summary[f"{metric}_per_frame"], summary[f"{metric}_per_frame_ci95"]),
+            f"best of {n}": (summary[f"{metric}_best_of_n_per_frame"], summary[f"{metric}_best_of_n_per_frame_ci95"]),
+            "copy last": (summary[f"copy_last_{metric}_per_frame"], summary[f"copy_last_{metric}_per_frame_ci95"]),
+        }
+        for metric in ("psnr", "ssim")
+    }
+
+
+def headline(summary: dict) -> str:
+    """One line a person reads first."""
+    s, lh = summary, summary["long_horizon"]
+    return (
+        f"PSNR {s['psnr']:.2f} ± {s['psnr_ci95']:.2f} dB over {s['frames']} frames "
+        f"(best of {s['n_samples']} {s['psnr_best_of_n']:.2f}, copy-last {s['copy_last_psnr']:.2f}), "
+        f"SSIM {s['ssim']:.3f} (best {s['ssim_best_of_n']:.3f}, copy-last {s['copy_last_ssim']:.3f}); "
+        f"{s['horizon']} frames: PSNR {lh['psnr']:.2f} (copy-last {lh['copy_last_psnr']:.2f}); "
+        f"{s['active_units']} active latent units; {s['n_sequences']} sequences"
+    )
+
+
+@dataclass
+class Options:
+    """How ``evaluate_checkpoint`` runs; the evaluate CLI's flags."""
+
+    split: str = "test"
+    data_root: str | None = None
+    """None: the checkpoint's data.root."""
+    samples: int = 10
+    frames: int = 10
+    horizon: int | None = None
+    """Predicted frames; None: every frame after the context (28 of 30 with 2 given)."""
+    seed: int = 0
+    limit: int | None = None
+    batch_size: int | None = None
+    """None: the checkpoint's data.batch_size."""
+    device: str = "auto"
+    precision: str = "fp32"
+    tracking: str | None = None
+    """W&B mode; None: the checkpoint's tracking.mode."""
+    progress: bool = True
+
+
+def default_output(checkpoint: Path, split: str) -> Path:
+    """RUN/eval/SPLIT-NAME.json for a checkpoint in RUN/checkpoints/, else beside the checkpoint."""
+    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return run / "eval" / f"{split}-{checkpoint.stem}.json"
+
+
+def evaluate_checkpoint(checkpoint: Path, out: Path, opts: Options) -> dict:
+    """Evaluate a checkpoint on a split; write the results JSON, a GIF, a strip and a per-frame plot
+    beside it, and log them to the checkpoint's W&B run (resumed by id; a new run if it has none)."""
+    model, exp, state = load_model(checkpoint)
+    n_past = exp.train.n_past
+    horizon = opts.horizon or SEQ_LEN - n_past
+    if n_past + horizon > SEQ_LEN:
+        raise SvgError(f"--horizon: {horizon} predicted frames after {n_past} given exceed the {SEQ_LEN} frames")
+    if opts.frames > horizon:
+        raise SvgError(f"--frames: {opts.frames} is more than the horizon of {horizon} predicted frames")
+    root = opts.data_root or exp.data.root
+    dataset = open_split(root, opts.split, seq_len=n_past + horizon)
+    n = len(dataset) if opts.limit is None else min(opts.limit, len(dataset))
+    batch_size = opts.batch_size or exp.data.batch_size
+
+    rt = setup_runtime(exp.train.model_copy(update={"device": opts.device, "precision": opts.precision}))
+    model.to(rt.device)
+    if rt.channels_last:
+        model.channels_last = True
+        model.to(memory_format=torch.channels_last)
+    batches = tqdm(
+        eval_batches(dataset, batch_size, limit=n), total=math.ceil(n / batch_size), unit="batch",
+        desc=f"evaluate {opts.split} ({opts.samples} samples)", disable=not opts.progress, dynamic_ncols=True,
+    )  # fmt: skip
+    ev = evaluate(model, batches, n_past, opts.samples, rt, opts.seed)
+    summary = summarize(ev, opts.frames)
+
+    stem = out.with_suffix("")
+    media = {
+        "gif": write_gif(stem.with_suffix(".gif"), ev.panels.videos(), n_past),
+        "strip": write_strip(stem.with_name(f"{stem.name}_strip.png"), ev.panels.videos(), n_past),
+        "per_frame": write_curves(
+            stem.with_name(f"{stem.name}_per_frame.png"), per_frame_series(summary), mark=opts.frames
+        ),
+    }
+    result = {
+        "checkpoint": str(checkpoint),
+        "split": opts.split,
+        "data_root": str(root),
+        "seed": opts.seed,
+        **summary,
+        "media": {k: p.name for k, p in media.items()},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+
+    if opts.tracking:
+        exp.tracking.mode = opts.tracking
+    _log(Tracker(exp, out.parent, run_id=state.get("wandb_id")), result, media)
+    return result
+
+
+def _log(tracker: Tracker, result: dict, media: dict[str, Path]) -> None:
+    """Scalars to the history and the summary under ``SPLIT/``, per-frame curves, the media."""
+    split = result["split"]
+    scalars = {f"{split}/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
+    scalars.update({f"{split}/long_horizon/{k}": v for k, v in result["long_horizon"].items()})
+    lists = {f"{split}/{k}": v for k, v in result.items() if isinstance(v, list)}
+    curves = {
+        f"{split}/{k}": (result[k], "predicted frame")
+        for k in ("psnr_per_frame", "ssim_per_frame", "psnr_best_of_n_per_frame", "copy_last_psnr_per_frame")
+    }
+    columns = ["figure", "horizon", "mean", "ci95", "best_of_n", "copy_last"]
+    rows = [
+        [m, frames, r[m], r[f"{m}_ci95"], r[f"{m}_best_of_n"], r[f"copy_last_{m}"]]
+        for frames, r in ((result["frames"], result), (result["horizon"], result["long_horizon"]))
+        for m in ("psnr", "ssim")
+    ]
+    tracker.log(
+        {**scalars, **lists},
+        tables={f"{split}/results": (columns, rows)},
+        gifs={f"{split}/media/prediction": media["gif"]},
+        images={f"{split}/media/strip": media["strip"], f"{split}/media/per_frame": media["per_frame"]},
+        curves=curves,
+    )
+    tracker.summary(scalars)
+    tracker.finish()

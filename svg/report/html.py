@@ -1,0 +1,196 @@
+"""The report page: one self-contained HTML file (results table, curves and GIFs inlined as data URIs).
+
+``write_report`` is the whole report: collect the runs, give each a colour and a label naming what sets it
+apart, draw the figures beside the page, write the page. Nothing on it is fetched from anywhere, so it can
+be mailed or opened offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from svg.report.collect import Run, collect, varied
+from svg.report.plots import plot_curves
+from svg.values import is_number
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+
+CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto; max-width: 1320px;
+       padding: 0 20px; color: #222; }
+h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 17px; margin-top: 28px; }
+.meta { color: #666; margin-top: 0; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+th, td { padding: 4px 10px; border-bottom: 1px solid #e3e3e3; text-align: right; white-space: nowrap; }
+th { background: #f6f6f6; font-weight: 600; }
+td.l, th.l { text-align: left; }
+tr.best td { font-weight: 600; background: #f3f9f1; }
+td.err { color: #a33; white-space: normal; max-width: 420px; text-align: left; font-size: 12px; }
+.sw { display: inline-block; width: 12px; height: 12px; border-radius: 2px; vertical-align: -1px; }
+.state-failed { color: #a33; } .state-stopped { color: #a60; } .state-running { color: #36c; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(600px, 1fr)); gap: 12px; }
+figure { margin: 0; border: 1px solid #e3e3e3; border-radius: 6px; padding: 8px; background: #fff; }
+figure img { max-width: 100%; height: auto; display: block; }
+.gifs img { image-rendering: pixelated; }
+figcaption { font-size: 12px; color: #555; margin-top: 4px; }
+.gifs { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
+.note { color: #666; font-size: 12px; }
+"""
+
+NOTE = (
+    "val PSNR: mean over the predicted validation frames (seed protocol, images in [0, 1]); copy-last: the last "
+    "context frame repeated, on the same sequences; active z: latent dimensions whose mean KL exceeds 0.01 nats "
+    "(0: the KL collapsed). Test columns come from entrypoints/evaluate.py (first 10 predicted frames). Bold: the "
+    "best validation PSNR."
+)
+
+GIF_NOTE = (
+    "Each run's latest validation GIF: one row per sequence, the columns named in its header (ground truth, then "
+    "the model's samples); the bar under each frame is green for given context frames and red for predicted ones."
+)
+
+
+def write_report(paths: list[Path], out_dir: Path, title: str | None = None) -> Path:
+    """Write out_dir/report.html (self-contained) and the curve PNGs beside it; returns the HTML path."""
+    runs, searched, sweep = collect(paths)
+    keys = varied(runs, searched)
+    _style(runs, keys)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = plot_curves(runs, out_dir)
+    if sweep:
+        title = title or f"Sweep {sweep['config'].get('name') or sweep['sweep_id']}"
+        meta = _sweep_meta(sweep, runs)
+    else:
+        title = title or "Run comparison"
+        meta = f"{len(runs)} run(s): " + ", ".join(html.escape(str(p)) for p in paths)
+    meta += f" · generated {datetime.now().strftime('%Y-%m-%d %H:%M')}"
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><p class='meta'>{meta}</p>",
+        "<h2>Results</h2>",
+        _table(runs, keys),
+        f"<p class='note'>{NOTE}</p>",
+        *_figures(figures),
+        *_gifs(runs),
+        "</body></html>",
+    ]
+    path = out_dir / "report.html"
+    path.write_text("\n".join(parts))
+    return path
+
+
+def _style(runs: list[Run], keys: list[str]) -> None:
+    """Each run's colour and its label: the name and the varied config values."""
+    short = _short(keys)
+    for i, run in enumerate(runs):
+        run.color = COLORS[i % len(COLORS)]
+        shown = ", ".join(f"{short[k]}={_fmt(run.config[k], 6)}" for k in keys if k in run.config)
+        run.label = f"{run.name}: {shown}" if shown else run.name
+
+
+def _short(keys: list[str]) -> dict[str, str]:
+    """kl.mode -> mode, unless two keys would share a short name."""
+    tails = [k.split(".")[-1] for k in keys]
+    return {k: t if tails.count(t) == 1 else k for k, t in zip(keys, tails, strict=True)}
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) >= 0.01 or value == 0 else f"{value:.2g}"
+    return str(value)
+
+
+def _sweep_meta(sweep: dict, runs: list[Run]) -> str:
+    """Source, method, metric, id and trial states of a sweep, escaped."""
+    config = sweep["config"]
+    metric = config.get("metric") or {}
+    facts = [sweep.get("source") or "", f"method {config['method']}"]
+    facts += [f"metric {metric['name']} ({metric.get('goal', 'minimize')})"] if metric.get("name") else []
+    facts += [f"sweep id {sweep['sweep_id']}", ", ".join(f"{n} {s}" for s, n in Counter(r.state for r in runs).items())]
+    return " · ".join(html.escape(f) for f in facts if f)
+
+
+def _table(runs: list[Run], keys: list[str]) -> str:
+    has_eval = any(r.evaluation for r in runs)
+    has_error = any(r.error for r in runs)
+    has_state = any(r.state for r in runs)
+    best = max((r for r in runs if r.best_psnr is not None), key=lambda r: r.best_psnr, default=None)
+    head = ["", "run"] + (["state"] if has_state else []) + keys
+    head += ["best val PSNR", "final val PSNR", "copy-last", "final − copy-last", "val SSIM", "active z", "epochs"]
+    if has_eval:
+        head += ["test PSNR", "test SSIM", "test PSNR best of N"]
+    if has_error:
+        head.append("error")
+    rows = []
+    for run in runs:
+        final, base = run.last("val/psnr"), run.last("val/psnr_copy_last")
+        margin = final - base if is_number(final) and is_number(base) else None
+        cells = [f'<td class="l"><span class="sw" style="background:{run.color}"></span></td>',
+                 f'<td class="l">{html.escape(run.name)}</td>']  # fmt: skip
+        if has_state:
+            state = run.state or "–"
+            cells.append(f'<td class="l state-{html.escape(state)}">{html.escape(state)}</td>')
+        cells += [f'<td class="l">{html.escape(_fmt(run.config.get(k), 6))}</td>' for k in keys]
+        numbers = [run.best_psnr, final, base, margin, run.last("val/ssim"), run.last("kl/active_units"),
+                   run.last("epoch")]  # fmt: skip
+        cells += [f"<td>{_fmt(v, 3 if i == 4 else 2)}</td>" for i, v in enumerate(numbers)]
+        if has_eval:
+            ev = run.evaluation or {}
+            title = html.escape(ev.get("file", ""), quote=True)
+            for key, digits in (("psnr", 2), ("ssim", 3), ("psnr_best_of_n", 2)):
+                cells.append(f'<td title="{title}">{_fmt(ev.get(key), digits)}</td>')
+        if has_error:
+            cells.append(f'<td class="err">{html.escape(run.error or "")}</td>')
+        rows.append(f'<tr class="{"best" if run is best else ""}">{"".join(cells)}</tr>')
+    left = set(head[: head.index("best val PSNR")]) | {"error"}
+    header = "".join(f'<th class="{"l" if h in left else ""}">{html.escape(h)}</th>' for h in head)
+    return f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _figures(figures: list[tuple[str, Path, str]]) -> list[str]:
+    if not figures:
+        return []
+    parts = ["<h2>Curves</h2><div class='plots'>"]
+    for caption, path, note in figures:
+        parts.append(
+            f"<figure><img src='{_data_uri(path, 'image/png')}' alt='{html.escape(caption, quote=True)}'>"
+            f"<figcaption>{html.escape(path.name)}{' · ' + html.escape(note) if note else ''}</figcaption></figure>"
+        )
+    return [*parts, "</div>"]
+
+
+def _gifs(runs: list[Run]) -> list[str]:
+    with_gif = [r for r in runs if r.gif]
+    if not with_gif:
+        return []
+    parts = [f"<h2>Predictions</h2><p class='note'>{GIF_NOTE}</p><div class='gifs'>"]
+    for run in with_gif:
+        parts.append(
+            f"<figure><img src='{_data_uri(run.gif, 'image/gif')}' {_gif_size(run.gif)} "
+            f"alt='{html.escape(run.label, quote=True)}'>"
+            f"<figcaption><span class='sw' style='background:{run.color}'></span> {html.escape(run.label)} · "
+            f"{html.escape(run.gif.name)}</figcaption></figure>"
+        )
+    return [*parts, "</div>"]
+
+
+def _gif_size(path: Path, target: int = 560) -> str:
+    """width/height attributes enlarging a small GIF by a whole factor (pixels stay sharp, see the CSS)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        width, height = image.size
+    scale = max(1, min(3, target // max(width, 1)))
+    return f"width='{width * scale}' height='{height * scale}'"
+
+
+def _data_uri(path: Path, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"

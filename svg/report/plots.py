@@ -1,0 +1,68 @@
+"""The report's figures: per-epoch curves and PSNR per predicted frame, every run overlaid in its colour.
+
+Each figure is saved as a PNG (the page inlines it). Only matplotlib's object API is used, never pyplot:
+no global state, the Agg canvas, no display needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from svg.report.collect import Run
+
+PLOTS = [
+    ("val_psnr", "validation PSNR (dB)", "val/psnr", "dashed: copy-last-frame baseline of the same run"),
+    ("kld", "KL divergence per step (epoch mean, nats)", "epoch/kld", ""),
+    ("beta", "β (KL weight)", "beta", ""),
+    ("tfr", "teacher-forcing ratio", "tfr", ""),
+]
+"""(file stem, title, metric key, note) of the per-epoch curves overlaid per run."""
+
+
+def plot_curves(runs: list[Run], out_dir: Path) -> list[tuple[str, Path, str]]:
+    """One PNG per curve, every run overlaid in its colour; (title, path, note) of those with data."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    made = []
+    for stem, title, key, note in PLOTS:
+        plotted = [r for r in runs if r.series(key)[0]]
+        if not plotted:
+            continue
+        fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+        ax = fig.subplots()
+        for run in plotted:
+            x, y = run.series(key)
+            ax.plot(x, y, color=run.color, label=run.label, linewidth=1.6, marker="o" if len(x) < 30 else None,
+                    markersize=3)  # fmt: skip
+            if key == "val/psnr":
+                bx, by = run.series("val/psnr_copy_last")
+                ax.plot(bx, by, color=run.color, linestyle="--", linewidth=1, alpha=0.6)
+        values = [v for r in plotted for v in r.series(key)[1]]
+        if key == "epoch/kld" and min(values) > 0 and max(values) / min(values) > 50:
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(title, fontsize=11)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        path = out_dir / f"{stem}.png"
+        fig.savefig(path, dpi=110)
+        made.append((title, path, note))
+    per_frame = [r for r in runs if isinstance(r.last("val/psnr_per_frame"), list)]
+    if per_frame:
+        fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+        ax = fig.subplots()
+        for run in per_frame:
+            values = run.last("val/psnr_per_frame")
+            ax.plot(range(1, len(values) + 1), values, color=run.color, label=run.label, linewidth=1.6)
+        ax.set_xlabel("predicted frame")
+        ax.set_xlim(1, max(len(r.last("val/psnr_per_frame")) for r in per_frame))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title("validation PSNR per predicted frame (last validation, dB)", fontsize=11)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        path = out_dir / "psnr_per_frame.png"
+        fig.savefig(path, dpi=110)
+        made.append(("PSNR per predicted frame", path, "how fast each model's predictions drift from the truth"))
+    return made
