@@ -79,10 +79,21 @@ def test_strip_has_one_column_per_step_and_one_row_per_video(videos, tmp_path):
     assert path.stat().st_size < 80_000, path.stat().st_size
 
 
-def test_curves_plot_is_written(tmp_path):
+def test_curves_plot_draws_each_series_in_its_own_colour(tmp_path):
+    """One panel per metric; each series' line (matplotlib's C0, C1 cycle) is drawn, and other data
+    draws other pixels."""
     series = {"mean of 2": ([20.0, 19.0, 18.5], [0.5, 0.6, 0.7]), "copy last": ([22.0, 19.5, 18.0], [0.1] * 3)}
     path = write_curves(tmp_path / "c.png", {"PSNR": series, "SSIM": series}, mark=2)
-    assert Image.open(path).size == (840, 320)
+    image = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    assert image.shape == (320, 840, 3)
+    for colour in ((31, 119, 180), (255, 127, 14)):  # C0 blue, C1 orange
+        near = np.abs(image - colour).sum(-1) < 30
+        assert near[:, :420].sum() > 50 and near[:, 420:].sum() > 50, colour  # in both panels
+    flat = {"mean of 2": ([20.0, 20.0, 20.0], [0.0] * 3), "copy last": ([22.0, 19.5, 18.0], [0.1] * 3)}
+    other = write_curves(tmp_path / "d.png", {"PSNR": flat, "SSIM": series}, mark=2)
+    other_image = np.asarray(Image.open(other).convert("RGB")).astype(int)
+    assert (np.abs(other_image - image).sum(-1) > 60)[:, :420].sum() > 50
+    assert np.array_equal(other_image[:, 440:], image[:, 440:])
 
 
 def test_panels_show_a_best_of_column_only_with_several_samples(videos):

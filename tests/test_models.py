@@ -101,13 +101,22 @@ def test_context_frames_are_ground_truth_without_teacher_forcing():
     assert not torch.allclose(a[3], b[3])  # step 4 reads the model's own x̂_3
 
 
-def test_skips_come_from_the_last_context_frame():
-    """Predictions must not depend on x[n_past-2] through the skips (the seed code's off-by-one)."""
-    model = small_model("dcgan64")
-    skip_index = [model.skip_source(t, 3) for t in range(1, 8)]
-    assert skip_index == [0, 1, 2, 2, 2, 2, 2]
-    model.last_frame_skip = True
-    assert [model.skip_source(t, 3) for t in range(1, 8)] == [0, 1, 2, 3, 4, 5, 6]
+@pytest.mark.parametrize("last_frame_skip", [False, True])
+def test_predictions_decode_with_the_skips_of_the_last_context_frame(last_frame_skip):
+    """The seed code's off-by-one took skips from x[n_past-2]; here every predicted frame is decoded with
+    the skips of x[n_past-1] (or, with last_frame_skip, of the frame just predicted)."""
+    torch.manual_seed(0)
+    model = small_model("dcgan64", last_frame_skip=last_frame_skip).eval()
+    x, c, n_past = torch.rand(3, 2, 3, 64, 64), torch.randn(7, 2, 7), 3
+    received, decode = [], model.decoder.forward
+    model.decoder.forward = lambda g, skips: received.append(skips[0]) or decode(g, skips)
+    pred = model.predict(x, c, n_past)
+    with torch.no_grad():
+        expected = [model.encoder(x[n_past - 1])[1][0]] + [model.encoder(p)[1][0] for p in pred[:-1]]
+    assert len(received) == 4
+    for step, got in enumerate(received):
+        torch.testing.assert_close(got, expected[step if last_frame_skip else 0])
+    assert not torch.allclose(received[0], model.encoder(x[n_past - 2])[1][0].detach())
 
 
 def test_predict_is_reproducible_with_a_seeded_generator():
