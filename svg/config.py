@@ -63,6 +63,9 @@ class KL(Section):
     ratio: float = Field(0.5, gt=0, le=1, description="fraction of each cycle during which beta rises")
     cycles: int = Field(3, gt=0, description="number of annealing cycles over the run (cyclical mode)")
     beta_max: float = Field(1.0, ge=0, description="value beta rises to")
+    free_bits: float = Field(
+        0.0, ge=0, description="nats per latent dimension and step the KL term counts at least (0: plain KL)"
+    )
 
 
 class TeacherForcing(Section):

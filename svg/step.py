@@ -47,6 +47,7 @@ class Parts:
     grad_clip: float | None = None
     forward: Callable[..., StepResult] | None = None
     scaler: torch.amp.GradScaler | None = None
+    free_bits: float = 0.0
 
     def __post_init__(self) -> None:
         self.forward = self.forward or self.model
@@ -77,11 +78,15 @@ def forward(
     eps: torch.Tensor,
     beta: float,
     rt: Runtime,
+    free_bits: float = 0.0,
 ) -> tuple[torch.Tensor, StepResult]:
-    """The objective of one batch, summed over predicted steps: (mse + beta * kld, the step's terms)."""
+    """The objective of one batch, summed over predicted steps, and the step's terms: mse + beta * KL,
+    where each latent dimension's KL per step counts at least ``free_bits`` nats (no gradient pushes a
+    dimension below that: using it is free)."""
     with rt.autocast():
         res = module(x, c, n_past, teacher_forcing, eps)
-    return res.mse + beta * res.kld, res
+    kl = res.kl_step_dim.clamp_min(free_bits).sum() if free_bits > 0 else res.kld
+    return res.mse + beta * kl, res
 
 
 def train_step(
@@ -95,7 +100,7 @@ def train_step(
 ) -> StepFigures:
     """One optimizer step on a batch already in the model's layout (``to_model_layout``)."""
     parts.model.train()
-    loss, res = forward(parts.forward, x, c, n_past, teacher_forcing, eps, beta, parts.rt)
+    loss, res = forward(parts.forward, x, c, n_past, teacher_forcing, eps, beta, parts.rt, parts.free_bits)
     finite = torch.isfinite(loss)
     opt, scaler = parts.optimizer, parts.scaler
     opt.zero_grad(set_to_none=True)

@@ -77,7 +77,14 @@ class Trainer:
         if rt.world_size > 1:
             ids = [rt.device.index] if rt.device.type == "cuda" else None
             forward = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.parts = Parts(self.model, make_optimizer(self.model, exp.optim), rt, exp.optim.grad_clip, forward)
+        self.parts = Parts(
+            self.model,
+            make_optimizer(self.model, exp.optim),
+            rt,
+            exp.optim.grad_clip,
+            forward,
+            free_bits=exp.kl.free_bits,
+        )
         self.iteration, self.best_psnr, self.validations = 0, -math.inf, 0
         self.window, self.epoch_sums = Sums(exp.model.z_dim, rt.device), Sums(exp.model.z_dim, rt.device)
         self.divergence = Divergence(rt.device)
@@ -141,12 +148,14 @@ class Trainer:
     def fit(self) -> dict:
         exp, cfg, rt = self.exp, self.exp.train, self.rt
         total = cfg.epochs * cfg.iters_per_epoch
+        # on a GPU the next batch loads (pinned) while the step runs; on a CPU the step already uses every core
         batches = Prefetcher(
             train_batches(
                 self.train_set, exp.data.batch_size, seed=cfg.seed, num_workers=exp.data.num_workers,
                 rank=rt.rank, world_size=rt.world_size, start_batch=self.iteration,
             ),
             pin=rt.device.type == "cuda",
+            thread=rt.device.type == "cuda",
         )  # fmt: skip
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=total, initial=self.iteration, disable=not rt.main, unit="it", dynamic_ncols=True)

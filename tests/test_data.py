@@ -444,3 +444,19 @@ def test_train_batches_reproducible_resumable_and_sharded():
 def test_eval_batches_in_order_with_limit():
     assert _ids(eval_batches(_Numbered(10), 4, limit=7), 10) == [[0, 1, 2, 3], [4, 5, 6]]
     assert _ids(eval_batches(_Numbered(5), 4, num_workers=1), 10) == [[0, 1, 2, 3], [4]]
+
+
+@pytest.mark.parametrize("thread", [True, False])
+def test_prefetched_batches_arrive_in_order_and_errors_reach_the_caller(thread):
+    from svg.data.loaders import Prefetcher
+
+    def batches():
+        for i in range(3):
+            yield torch.full((1,), i), torch.full((1,), -i)
+        raise DataError("sequence 3 unreadable")
+
+    stream = Prefetcher(batches(), thread=thread)
+    assert [int(next(stream)[0]) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(DataError, match="sequence 3"):
+        next(stream)
+    stream.close()

@@ -142,7 +142,11 @@ def test_latent_usage_is_reported():
 
 def test_kl_of_identical_learned_prior_and_posterior_is_zero_through_the_model():
     model = tiny("learned")
-    model.prior.load_state_dict(model.posterior.state_dict())
+    state = model.posterior.state_dict()
+    g = state["embed.weight"].shape[1]  # the prior also sees c_t: give its columns zero weight
+    state["embed.weight"] = torch.cat([state["embed.weight"], torch.zeros(state["embed.weight"].shape[0], 7)], 1)
+    model.prior.load_state_dict(state)
+    assert model.prior.embed.weight.shape[1] == g + 7
     still = torch.rand(1, 2, 3, 64, 64).expand(N_PAST + HORIZON, -1, -1, -1, -1)  # x_t == x_{t-1}: same inputs
     eps = torch.zeros(N_PAST + HORIZON - 1, 2, TINY["z_dim"])
     res = model.training_step(still, torch.randn(N_PAST + HORIZON, 2, 7), N_PAST, True, eps)

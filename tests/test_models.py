@@ -125,3 +125,39 @@ def test_predict_is_reproducible_with_a_seeded_generator():
     a = model.predict(x, c, 2, generator=torch.Generator().manual_seed(3))
     b = model.predict(x, c, 2, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(a, b)
+
+
+def test_learned_prior_sees_the_condition_of_the_step_it_predicts():
+    """[h_{t-1}, c_t]: changing only c_t changes the prior at step t (and so the KL), not earlier steps."""
+    torch.manual_seed(0)
+    model = small_model("dcgan64", prior="learned")
+    x, c, eps = torch.rand(4, 2, 3, 64, 64), torch.randn(4, 2, 7), torch.zeros(3, 2, 4)
+    other = c.clone()
+    other[3] += 1.0
+    with torch.no_grad():
+        a = model.training_step(x, c, 2, True, eps).kl_step_dim
+        b = model.training_step(x, other, 2, True, eps).kl_step_dim
+    torch.testing.assert_close(a[:2], b[:2])
+    assert not torch.allclose(a[2], b[2])
+
+
+def test_free_bits_clamp_the_objective_per_dimension_not_the_reported_kl():
+    from svg.runtime import Runtime
+    from svg.step import forward
+
+    torch.manual_seed(0)
+    model = small_model("dcgan64")
+    x, c, eps = torch.rand(4, 2, 3, 64, 64), torch.randn(4, 2, 7), torch.zeros(3, 2, 4)
+    rt = Runtime(torch.device("cpu"), None)
+    plain_loss, res = forward(model, x, c, 2, True, eps, 0.5, rt)
+    floor = res.kl_step_dim.detach().max().item() + 1.0  # above every dimension's KL: all clamped
+    loss, res_fb = forward(model, x, c, 2, True, eps, 0.5, rt, free_bits=floor)
+    torch.testing.assert_close(res_fb.kld, res.kld)  # the logged KL is the true one
+    expected = res.mse + 0.5 * floor * res.kl_step_dim.numel()
+    torch.testing.assert_close(loss, expected)
+    loss.backward()  # the clamped KL passes no gradient: what is left is the reconstruction's
+    clamped = model.posterior.mu.weight.grad.clone()
+    model.zero_grad()
+    forward(model, x, c, 2, True, eps, 0.0, rt)[0].backward()
+    torch.testing.assert_close(clamped, model.posterior.mu.weight.grad)
+    torch.testing.assert_close(plain_loss, res.mse + 0.5 * res.kld)

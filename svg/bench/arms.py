@@ -127,15 +127,15 @@ REFERENCE = Setting("reference", "fp32", channels_last=False, compile=False)
 """The seed's step as the seed ran it: per frame, fp32, contiguous, eager."""
 
 
-def make_arm(name: str, initial: SVG, setting: Setting, rt: Runtime, optim: Optim) -> Arm:
-    """An arm on its own copy of ``initial``, with the optimizer and clipping the trainer would use."""
+def make_arm(name: str, initial: SVG, setting: Setting, rt: Runtime, optim: Optim, free_bits: float = 0.0) -> Arm:
+    """An arm on its own copy of ``initial``, with the optimizer, clipping and free bits the trainer would use."""
     model = copy.deepcopy(initial)
     if setting.channels_last:
         model.channels_last = True
         model.to(memory_format=torch.channels_last)
     arm_rt = Runtime(rt.device, AMP_DTYPES[setting.precision], setting.channels_last, rt.rank, rt.world_size)
     forward = functools.partial(reference_step, model) if setting.step == "reference" else None
-    parts = Parts(model, make_optimizer(model, optim), arm_rt, optim.grad_clip, forward=forward)
+    parts = Parts(model, make_optimizer(model, optim), arm_rt, optim.grad_clip, forward=forward, free_bits=free_bits)
     return Arm(name, setting.step, parts, setting.compile)
 
 

@@ -76,7 +76,7 @@ def _arms(exp: Experiment, opts: Options, rt: Runtime) -> list[Arm]:
         if variant.get("precision") == "auto":
             variant["precision"] = rt.precision
         settings.append((spec, dataclasses.replace(project, **variant)))
-    return [make_arm(name, initial, setting, rt, exp.optim) for name, setting in settings]
+    return [make_arm(name, initial, setting, rt, exp.optim, exp.kl.free_bits) for name, setting in settings]
 
 
 def run(exp: Experiment, opts: Options, preset: str = "") -> dict[str, Any]:

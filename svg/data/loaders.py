@@ -188,13 +188,16 @@ def eval_batches(
 class Prefetcher:
     """The next batch loaded (and pinned, for asynchronous copies to a GPU) in a thread while the
     current step runs. Order and content are those of ``batches``; an error in loading is raised by
-    ``next``; ``close`` stops the thread."""
+    ``next``; ``close`` stops the thread. ``thread=False`` loads in the caller instead (measured: on a
+    2-core CPU the thread only takes time from the step)."""
 
-    def __init__(self, batches: Iterator[Batch], pin: bool = False):
+    def __init__(self, batches: Iterator[Batch], pin: bool = False, thread: bool = True):
         self._queue: queue.Queue = queue.Queue(maxsize=1)
         self._stop = threading.Event()
+        self._batches = None if thread else batches
         self._thread = threading.Thread(target=self._fill, args=(batches, pin), daemon=True)
-        self._thread.start()
+        if thread:
+            self._thread.start()
 
     def _fill(self, batches: Iterator[Batch], pin: bool) -> None:
         try:
@@ -218,6 +221,8 @@ class Prefetcher:
         return self
 
     def __next__(self) -> Batch:
+        if self._batches is not None:
+            return next(self._batches)
         item = self._queue.get()
         if isinstance(item, Exception):
             raise item
@@ -225,4 +230,5 @@ class Prefetcher:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()

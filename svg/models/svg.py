@@ -32,6 +32,9 @@ class StepResult:
     """Sum over predicted steps of the per-step pixel MSE (differentiable)."""
     kld: torch.Tensor
     """Sum over steps of the per-step KL (summed over z, averaged over the batch; differentiable)."""
+    kl_step_dim: torch.Tensor
+    """(T-1, z_dim) KL per step and latent dimension averaged over the batch (differentiable): what
+    free bits clamp."""
     kld_per_dim: torch.Tensor
     """(z_dim,) KL per latent dimension averaged over steps and batch, detached."""
     pred: torch.Tensor
@@ -42,9 +45,11 @@ class StepResult:
     def collect(cls, mse: torch.Tensor, kls: list[torch.Tensor], pred: torch.Tensor) -> StepResult:
         """Sum the per-step terms; ``kls`` holds (B, z) KL per step, ``pred`` is (T-1, B, 3, H, W)."""
         kl_all = torch.stack(kls).float()  # (T-1, B, z)
+        kl_step_dim = kl_all.mean(1)
         return cls(
             mse=mse,
-            kld=kl_all.sum(2).mean(1).sum(),
+            kld=kl_step_dim.sum(),
+            kl_step_dim=kl_step_dim,
             kld_per_dim=kl_all.detach().mean((0, 1)),
             pred=pred.detach(),
             steps=len(kls),
@@ -60,7 +65,9 @@ class SVG(nn.Module):
         self.predictor = FramePredictor(COND_DIM + cfg.g_dim + cfg.z_dim, cfg.g_dim, cfg.rnn_size, cfg.predictor_layers)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.prior = (
-            GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers) if cfg.prior == "learned" else None
+            GaussianLSTM(cfg.g_dim + COND_DIM, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
+            if cfg.prior == "learned"
+            else None
         )
         self.z_dim = cfg.z_dim
         self.last_frame_skip = cfg.last_frame_skip
@@ -107,7 +114,7 @@ class SVG(nn.Module):
         if self.prior is None:
             kl = kl_to_standard_normal(mu, logvar)
         else:
-            mu_p, logvar_p, prior = self.prior(h_prev, prior)
+            mu_p, logvar_p, prior = self.prior(torch.cat([h_prev, cond_t], 1), prior)
             kl = kl_between_gaussians(mu, logvar, mu_p, logvar_p)
         z = reparameterize(mu, logvar, eps_t)
         g, pred = self.predictor(torch.cat([cond_t, h_prev, z], 1), pred)
@@ -162,7 +169,7 @@ class SVG(nn.Module):
         for t in range(1, total):
             h_prev, skip = self.input_frame(t, n_past, h_ctx, skips_ctx, x_prev, skip)
             if self.prior is not None:
-                mu_p, logvar_p, prior_state = self.prior(h_prev, prior_state)
+                mu_p, logvar_p, prior_state = self.prior(torch.cat([h_prev, cond[t]], 1), prior_state)
             if t < n_past:
                 mu, logvar, post_state = self.posterior(h_ctx[t], post_state)
             elif self.prior is not None:
