@@ -159,7 +159,7 @@ def read_records(path: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         except StopIteration:
             return
         # The reader raises RuntimeError (truncation), KeyError (missing step), TypeError, protobuf errors.
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - every reader failure is a bad file
             raise DataError(f"{path}: record {k} unreadable ({type(e).__name__}: {e})") from None
         yield _decode(record, path, k)
         k += 1

@@ -158,7 +158,7 @@ def read_frames(seq_dir: Path, seq_len: int) -> np.ndarray:
         try:
             frame = iio.imread(path, extension=".png")
         # Decoders raise OSError, SyntaxError, ValueError, zlib.error...: all mean a bad file here.
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - every decoder failure is a bad file
             raise DataError(f"{path}: cannot decode PNG ({type(e).__name__}: {e})") from None
         if frame.shape != FRAME_SHAPE or frame.dtype != np.uint8:
             raise DataError(f"{path}: decoded to {frame.dtype} {frame.shape}, expected uint8 {FRAME_SHAPE}")

@@ -205,7 +205,7 @@ class Prefetcher:
                 item = (frames.pin_memory(), cond.pin_memory()) if pin else (frames, cond)
                 if not self._put(item):
                     return
-        except Exception as e:  # handed to the consumer, which raises it where it asked for a batch
+        except Exception as e:  # noqa: BLE001 - handed to the consumer, raised where it asks for a batch
             self._put(e)
 
     def _put(self, item) -> bool:
