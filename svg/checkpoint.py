@@ -111,7 +111,7 @@ def load_model(path: Path) -> tuple[SVG, Experiment, dict]:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise SvgError(f"checkpoint {path}: its config is invalid ({where}: {first['msg']})") from None
-    model = SVG(exp.model)
+    model = SVG.for_experiment(exp)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError) as e:

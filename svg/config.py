@@ -34,6 +34,11 @@ class Data(Section):
         "already at data.root (a --data.root given without --data.source means folder)",
     )
     root: str = Field("data/synthetic", description="dataset folder in the course layout (or with a packed cache)")
+    conditions: Literal["action+position", "action", "none"] = Field(
+        "action+position",
+        description="what the model is told per step: action and end-effector position (the seed), the action "
+        "alone, or nothing (action-free, as in the SVG paper)",
+    )
     n_train: int = Field(2000, gt=0, description="synthetic training sequences to generate")
     n_val: int = Field(128, gt=0, description="synthetic validation sequences to generate")
     n_test: int = Field(256, gt=0, description="synthetic test sequences to generate")
@@ -52,6 +57,11 @@ class Model(Section):
     posterior_layers: int = Field(1, gt=0, description="stacked LSTM cells of the posterior (and learned prior)")
     prior: Literal["fixed", "learned"] = Field(
         "fixed", description="fixed N(0,I) prior (SVG-FP) or a learned prior LSTM (SVG-LP)"
+    )
+    likelihood: Literal["mse", "gaussian", "laplace"] = Field(
+        "mse",
+        description="reconstruction term: pixel-mean MSE as the seed (beta then weighs nats against it), or a "
+        "Gaussian/Laplace negative log-likelihood summed over pixels with a learned scale (beta = 1: the ELBO)",
     )
     last_frame_skip: bool = Field(
         False, description="take decoder skips from the latest input frame instead of the last context frame"
@@ -99,6 +109,9 @@ class Train(Section):
     log_every: int = Field(10, gt=0, description="log training figures (the only wait for the device) every N steps")
     val_every: int = Field(1, gt=0, description="validate every this many epochs (and after the last)")
     val_sequences: int = Field(128, gt=0, description="validation sequences scored each validation")
+    val_samples: int = Field(
+        1, gt=0, description="samples per validation sequence (>= 2 also logs best-of-N, its gain and diversity)"
+    )
     media_every: int = Field(5, gt=0, description="log a prediction GIF every this many validations")
     checkpoint_every: int = Field(200, gt=0, description="also save a mid-epoch checkpoint every this many iterations")
     max_bad_steps: int = Field(5, gt=0, description="stop after this many non-finite losses in a row")
@@ -147,7 +160,7 @@ class Experiment(BaseModel):
         return self
 
 
-PRESETS = ("seed", "cpu", "smoke")
+PRESETS = ("seed", "svg", "cpu", "smoke")
 
 
 def _read_yaml(source: str) -> dict[str, Any]:

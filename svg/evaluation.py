@@ -35,18 +35,26 @@ Z95 = 1.96
 
 @dataclass
 class Panels:
-    """The media sequences: ground truth, the first sample and the best sample by PSNR, each
-    (T, k, 3, H, W) with the context frames included."""
+    """The media sequences: ground truth, the first two samples and the best sample by PSNR, each
+    (T, k, 3, H, W) with the context frames included (``second`` is None with one sample)."""
 
     truth: torch.Tensor
     sample: torch.Tensor
+    second: torch.Tensor | None
     best: torch.Tensor
     n_samples: int
 
     def videos(self) -> list[tuple[str, torch.Tensor]]:
-        """(label, video) columns for ``svg.media``; with one sample there is no best-of column."""
-        columns = [("ground truth", self.truth), ("sample", self.sample)]
-        return columns + [(f"best of {self.n_samples}", self.best)] if self.n_samples > 1 else columns
+        """(label, video) columns for ``svg.media``: two samples side by side show whether the model
+        draws different futures; with one sample there is neither a second nor a best-of column."""
+        if self.n_samples == 1:
+            return [("ground truth", self.truth), ("sample", self.sample)]
+        return [
+            ("ground truth", self.truth),
+            ("sample 1", self.sample),
+            ("sample 2", self.second),
+            (f"best of {self.n_samples}", self.best),
+        ]
 
 
 @dataclass
@@ -61,15 +69,21 @@ class Evaluation:
     """(T, S)."""
     kl_per_dim: torch.Tensor
     """(z_dim,) posterior KL to the prior per latent dimension, averaged over steps and sequences."""
+    z_use: torch.Tensor
+    """(S,) teacher-forced MSE with z from the prior minus with the posterior mean: > 0 when the decoder
+    draws on what the posterior encodes, 0 for a model that ignores z."""
+    diversity: torch.Tensor
+    """(S,) pixel std across the samples, averaged over predicted frames and pixels (0 with one sample)."""
     n_past: int
     panels: Panels | None
 
 
 @dataclass
 class _Shown:
-    """The first sample and, per sequence, the best so far by PSNR over the predicted frames."""
+    """The first two samples and, per sequence, the best so far by PSNR over the predicted frames."""
 
     first: torch.Tensor | None = None
+    second: torch.Tensor | None = None
     best: torch.Tensor | None = None
     score: torch.Tensor | None = None
 
@@ -78,6 +92,8 @@ class _Shown:
         if self.first is None:
             self.first, self.best, self.score = pred, pred.clone(), score
             return
+        if self.second is None:
+            self.second = pred
         better = score > self.score  # strict: ties keep the earlier sample, as best_of_n's argmax does
         self.best[:, better] = pred[:, better]
         self.score = torch.maximum(score, self.score)
@@ -100,7 +116,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
-    psnr, ssim, cl_psnr, cl_ssim, kl_sum, count = [], [], [], [], None, 0
+    psnr, ssim, cl_psnr, cl_ssim, z_use, diversity, kl_sum, count = [], [], [], [], [], [], None, 0
     panels = None
     try:
         with torch.no_grad():
@@ -110,24 +126,36 @@ def evaluate(
                 k = min(media_sequences, x.shape[1]) if panels is None else 0
                 shown = _Shown()
                 batch_psnr, batch_ssim = [], []
+                total, total_sq, shift = torch.zeros_like(target), torch.zeros_like(target), None
                 for _ in range(n_samples):
                     with rt.autocast():
                         pred = model.predict(x[:n_past], c, n_past, generator=gen).float()
+                    shift = pred if shift is None else shift  # moments about the first sample: no cancellation
+                    total += pred - shift
+                    total_sq += (pred - shift).square()
                     batch_psnr.append(psnr_per_frame(pred, target).cpu())
                     batch_ssim.append(ssim_per_frame(pred, target).float())
                     if k:
                         shown.add(pred[:, :k].cpu(), batch_psnr[-1][:, :k])
                 if k:
                     context = x[:n_past, :k].cpu()
+                    second = None if shown.second is None else torch.cat([context, shown.second])
                     panels = Panels(
-                        x[:, :k].cpu(), torch.cat([context, shown.first]), torch.cat([context, shown.best]), n_samples
+                        x[:, :k].cpu(),
+                        torch.cat([context, shown.first]),
+                        second,
+                        torch.cat([context, shown.best]),
+                        n_samples,
                     )
+                variance = (total_sq / n_samples - (total / n_samples).square()).clamp_min(0)
+                diversity.append(variance.sqrt().mean((0, 2, 3, 4)).cpu())
                 psnr.append(torch.stack(batch_psnr))
                 ssim.append(torch.stack(batch_ssim))
                 cl_psnr.append(psnr_per_frame(baseline, target).cpu())
                 cl_ssim.append(ssim_per_frame(baseline, target).float())
-                kl = _posterior_kl(model, x, c, n_past, rt) * x.shape[1]
-                kl_sum, count = (kl if kl_sum is None else kl_sum + kl), count + x.shape[1]
+                kl, use = _latent_use(model, x, c, n_past, rt, gen)
+                z_use.append(use)
+                kl_sum, count = (kl * x.shape[1] if kl_sum is None else kl_sum + kl * x.shape[1]), count + x.shape[1]
     finally:
         model.train(was_training)
     if not count:
@@ -138,17 +166,31 @@ def evaluate(
         copy_last_psnr=torch.cat(cl_psnr, 1),
         copy_last_ssim=torch.cat(cl_ssim, 1),
         kl_per_dim=kl_sum / count,
+        z_use=torch.cat(z_use),
+        diversity=torch.cat(diversity),
         n_past=n_past,
         panels=panels,
     )
 
 
-def _posterior_kl(model: SVG, x: torch.Tensor, c: torch.Tensor, n_past: int, rt: Runtime) -> torch.Tensor:
-    """KL per latent dimension of the posterior on these sequences to the prior (fixed or learned),
-    averaged over steps and sequences: the training step's forward pass, teacher forced, so it
-    measures the data, not the samples."""
-    eps = torch.zeros(x.shape[0] - 1, x.shape[1], model.z_dim, device=x.device)
-    return forward(model, x, c, n_past, True, eps, 0.0, rt)[1].kld_per_dim.float().cpu()
+def _latent_use(
+    model: SVG, x: torch.Tensor, c: torch.Tensor, n_past: int, rt: Runtime, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced passes of the training step's forward: the posterior's KL to the prior per latent
+    dimension (averaged over steps and sequences: it measures the data, not the samples), and per
+    sequence the MSE with z drawn from the prior minus the MSE with the posterior mean."""
+    steps, batch = x.shape[0] - 1, x.shape[1]
+    zero = torch.zeros(steps, batch, model.z_dim, device=x.device)
+    noise = torch.randn(steps, batch, model.z_dim, device=x.device, generator=gen)
+    _, posterior = forward(model, x, c, n_past, True, zero, 0.0, rt)
+    with rt.autocast():
+        prior = model.training_step(x, c, n_past, True, noise, from_prior=True)
+
+    def per_sequence_mse(pred: torch.Tensor) -> torch.Tensor:
+        return (pred.float() - x[1:]).square().mean((0, 2, 3, 4))
+
+    use = per_sequence_mse(prior.pred) - per_sequence_mse(posterior.pred)
+    return posterior.kld_per_dim.float().cpu(), use.cpu()
 
 
 def mean_ci(per_sequence: torch.Tensor) -> tuple[float, float]:
@@ -215,7 +257,11 @@ def summarize(ev: Evaluation, frames: int) -> dict:
     for name, values in curves.items():
         out[name], out[f"{name}_ci95"] = mean_ci_per_frame(values)
     out["long_horizon"] = figures(ev, horizon)
-    out["kl"] = ev.kl_per_dim.sum().item()
+    gain = best_of_n(ev.psnr, frames)[:frames].mean(0) - ev.psnr[:, :frames].mean((0, 1))
+    out["best_minus_mean"], out["best_minus_mean_ci95"] = mean_ci(gain)
+    out["sample_diversity"] = ev.diversity.mean().item()
+    out["z_use"], out["z_use_ci95"] = mean_ci(ev.z_use)
+    out["kl"] = ev.kl_per_dim.sum().item()  # nats per predicted step
     out["kl_per_dim"] = ev.kl_per_dim.tolist()
     out["active_units"] = active_units(ev.kl_per_dim)
     return plain(out, digits=6)  # six decimals: far below any real difference, and the JSON stays readable

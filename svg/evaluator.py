@@ -85,7 +85,7 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, opts: Options) -> dict:
     if opts.frames > horizon:
         raise SvgError(f"--frames: {opts.frames} is more than the horizon of {horizon} predicted frames")
     root = opts.data_root or exp.data.root
-    dataset = open_split(root, opts.split, seq_len=n_past + horizon)
+    dataset = open_split(root, opts.split, seq_len=n_past + horizon, conditions=exp.data.conditions)
     n = len(dataset) if opts.limit is None else min(opts.limit, len(dataset))
     batch_size = opts.batch_size or exp.data.batch_size
 

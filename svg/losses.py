@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +39,25 @@ def reconstruction(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error over every pixel and channel, in at least fp32 whatever the autocast dtype."""
     dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
     return F.mse_loss(pred.to(dtype), target.to(dtype))
+
+
+INITIAL_LOG_SCALE = -2.3
+"""log of the likelihood's pixel scale at initialisation (~0.1 on [0, 1] images); then learned."""
+
+
+def likelihood_nll(pred: torch.Tensor, target: torch.Tensor, log_scale: torch.Tensor, family: str) -> torch.Tensor:
+    """Negative log-likelihood of ``target`` (T, B, 3, H, W) under a Gaussian (scale = std) or Laplace
+    (scale = b) centred on ``pred`` with a learned per-channel ``log_scale`` (3, 1, 1): summed over steps
+    and pixels, averaged over the batch, in nats, so that with it beta = 1 is the true ELBO."""
+    with torch.autocast(pred.device.type, enabled=False):
+        diff, log_scale = _wide(pred) - _wide(target), _wide(log_scale)
+        if family == "gaussian":
+            per_pixel = 0.5 * (diff * torch.exp(-log_scale)).square() + log_scale + 0.5 * math.log(2 * math.pi)
+        elif family == "laplace":
+            per_pixel = diff.abs() * torch.exp(-log_scale) + log_scale + math.log(2.0)
+        else:
+            raise ValueError(f"unknown likelihood {family!r}")
+        return per_pixel.sum() / pred.shape[1]
 
 
 def active_units(kl_per_dim: torch.Tensor, threshold: float = 0.01) -> int:

@@ -86,7 +86,7 @@ def forward(
     with rt.autocast():
         res = module(x, c, n_past, teacher_forcing, eps)
     kl = res.kl_step_dim.clamp_min(free_bits).sum() if free_bits > 0 else res.kld
-    return res.mse + beta * kl, res
+    return res.nll + beta * kl, res
 
 
 def train_step(

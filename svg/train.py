@@ -64,12 +64,12 @@ class Trainer:
         if rt.world_size > 1:
             dist.barrier()
         self.seq_len = cfg.n_past + cfg.n_future
-        self.train_set = open_split(data.root, "train", seq_len=self.seq_len, skip_bad=data.skip_bad)
-        self.val_set = open_split(data.root, "validate", seq_len=cfg.n_eval, skip_bad=data.skip_bad)
+        self.train_set = open_split(data.root, "train", self.seq_len, data.skip_bad, data.conditions)
+        self.val_set = open_split(data.root, "validate", cfg.n_eval, data.skip_bad, data.conditions)
         if rt.main:
             _make_run_folder(out, exp)
 
-        self.model = SVG(exp.model).to(rt.device)
+        self.model = SVG.for_experiment(exp).to(rt.device)
         if rt.channels_last:
             self.model.channels_last = True
             self.model.to(memory_format=torch.channels_last)
@@ -244,11 +244,13 @@ class Trainer:
                 media = self._media(f"epoch{epoch + 1:04d}")
             if improved:
                 self.checkpoint("best")
+            gain = record.get("val/best_minus_mean")
             tqdm.write(
                 f"epoch {epoch + 1}/{cfg.epochs}  val psnr {record['val/psnr']:.2f} dB "
                 f"(copy-last {record['val/psnr_copy_last']:.2f}, best {self.best_psnr:.2f})  "
-                f"ssim {record['val/ssim']:.3f}  kld {record.get('epoch/kld', 0):.4f}  "
-                f"active units {record.get('kl/active_units', 0)}  beta {b:.3g}  tfr {tfr:.2f}"
+                + (f"best-of-{cfg.val_samples} gain {gain:+.2f} dB  " if gain is not None else "")
+                + f"kl {record['val/kl']:.3g} nats/step, {record['val/active_units']} active units  "
+                f"beta {b:.3g}  tfr {tfr:.2f}"
             )
         if self.rt.world_size > 1:
             dist.barrier()
@@ -270,7 +272,7 @@ class Trainer:
         """Score one sample per validation sequence into ``record``; True when val PSNR improved."""
         cfg = self.exp.train
         batches = eval_batches(self.val_set, self.exp.data.batch_size, limit=cfg.val_sequences)
-        ev = evaluate(self.model, batches, cfg.n_past, 1, self.rt, cfg.seed, media_sequences=0)
+        ev = evaluate(self.model, batches, cfg.n_past, cfg.val_samples, self.rt, cfg.seed, media_sequences=0)
         sc = summarize(ev, frames=ev.psnr.shape[1])
         self.validations += 1
         improved = sc["psnr"] > self.best_psnr
@@ -282,8 +284,20 @@ class Trainer:
                 "val/ssim": sc["ssim"],
                 "val/psnr_copy_last": sc["copy_last_psnr"],
                 "val/psnr_per_frame": [round(v, 4) for v in sc["psnr_per_frame"]],
+                "val/kl": sc["kl"],
+                "val/active_units": sc["active_units"],
+                "val/z_use": sc["z_use"],
             }
         )
+        if cfg.val_samples > 1:
+            record.update(
+                {
+                    "val/psnr_best_of_n": sc["psnr_best_of_n"],
+                    "val/best_minus_mean": sc["best_minus_mean"],
+                    "val/best_minus_mean_ci95": sc["best_minus_mean_ci95"],
+                    "val/sample_diversity": sc["sample_diversity"],
+                }
+            )
         return improved
 
     def _media(self, name: str) -> dict:

@@ -2,13 +2,14 @@
 
 import importlib.util
 import json
+import math
 
 import pytest
 import torch
 from conftest import ROOT, inspect_run, run_entrypoint
 
 from svg.config import Model
-from svg.evaluation import best_of_n, evaluate, mean_ci, summarize
+from svg.evaluation import Evaluation, best_of_n, evaluate, mean_ci, summarize
 from svg.metrics import copy_last
 from svg.models import SVG
 from svg.runtime import Runtime
@@ -119,15 +120,40 @@ def test_media_panels_hold_context_then_the_first_and_the_best_sample():
     predict = model.predict
     model.predict = lambda *a, **kw: drawn.append(predict(*a, **kw)) or drawn[-1]
     ev = run(model, n_samples=3, media_sequences=2, seed=2)
-    truth, sample, best = (v for _, v in ev.panels.videos())
-    assert truth.shape == sample.shape == best.shape == (N_PAST + HORIZON, 2, 3, 64, 64)
+    truth, sample, second, best = (v for _, v in ev.panels.videos())
+    assert truth.shape == sample.shape == second.shape == best.shape == (N_PAST + HORIZON, 2, 3, 64, 64)
     assert torch.equal(sample[:N_PAST], truth[:N_PAST]) and torch.equal(best[:N_PAST], truth[:N_PAST])
-    assert torch.equal(sample[N_PAST:], drawn[0][:, :2])
+    assert torch.equal(sample[N_PAST:], drawn[0][:, :2]) and torch.equal(second[N_PAST:], drawn[1][:, :2])
     chosen = ev.psnr[:, :, :2].mean(1).argmax(0).tolist()
     assert chosen != [0, 0], "pick a seed where a later sample wins, or the check means nothing"
     for j, i in enumerate(chosen):
         assert torch.equal(best[N_PAST:, j], drawn[i][:, j])
     assert run(tiny(), media_sequences=0).panels is None
+
+
+def test_a_model_that_ignores_z_has_no_z_use_no_diversity_and_no_best_of_n_gain():
+    model = tiny()
+    with torch.no_grad():
+        model.predictor.embed.weight[:, -TINY["z_dim"] :] = 0  # z enters the predictor here only
+    s = summarize(run(model, n_samples=3), frames=3)
+    assert s["z_use"] == 0 and s["sample_diversity"] == 0
+    assert s["best_minus_mean"] == 0 and s["best_minus_mean_ci95"] == 0
+    used = summarize(run(tiny(), n_samples=3), frames=3)
+    assert used["sample_diversity"] > 0 and used["best_minus_mean"] > 0
+
+
+def test_best_minus_mean_is_paired_per_sequence():
+    """Two samples, three sequences: per sequence best-of-2 minus mean-of-2 over the frames, then the
+    mean and 1.96 sd / sqrt(3) of those differences."""
+    psnr = torch.tensor([[[20.0, 30.0, 10.0]], [[22.0, 30.0, 16.0]]])  # (N=2, T=1, S=3)
+    ev = Evaluation(
+        psnr=psnr, ssim=torch.zeros_like(psnr), copy_last_psnr=torch.zeros(1, 3), copy_last_ssim=torch.zeros(1, 3),
+        kl_per_dim=torch.zeros(4), z_use=torch.zeros(3), diversity=torch.zeros(3), n_past=2, panels=None,
+    )  # fmt: skip
+    s = summarize(ev, frames=1)
+    gains = torch.tensor([1.0, 0.0, 3.0])  # 22 - 21, 30 - 30, 16 - 13
+    assert s["best_minus_mean"] == pytest.approx(gains.mean().item())
+    assert s["best_minus_mean_ci95"] == pytest.approx(1.96 * gains.std().item() / math.sqrt(3), abs=1e-6)
 
 
 def test_latent_usage_is_reported():
@@ -215,7 +241,7 @@ def test_training_with_the_learned_prior_runs_and_logs_best_of_n_media(learned_r
     gif = sorted((learned_run / "run" / "media").glob("*.gif"))[-1]
     from PIL import Image
 
-    assert Image.open(gif).width == 3 * 66  # ground truth | sample | best of N
+    assert Image.open(gif).width == 4 * 66  # ground truth | sample 1 | sample 2 | best of N
 
 
 def test_evaluate_cli_writes_the_results_media_and_logs_to_the_checkpoints_run(learned_run):

@@ -96,7 +96,9 @@ def test_curves_plot_draws_each_series_in_its_own_colour(tmp_path):
     assert np.array_equal(other_image[:, 440:], image[:, 440:])
 
 
-def test_panels_show_a_best_of_column_only_with_several_samples(videos):
+def test_panels_show_two_samples_and_the_best_only_with_several_samples(videos):
     truth, sample, best = (v for _, v in videos)
-    assert [label for label, _ in Panels(truth, sample, best, 3).videos()] == ["ground truth", "sample", "best of 3"]
-    assert [label for label, _ in Panels(truth, sample, best, 1).videos()] == ["ground truth", "sample"]
+    shown = Panels(truth, sample, best.flip(0), best, 3).videos()
+    assert [label for label, _ in shown] == ["ground truth", "sample 1", "sample 2", "best of 3"]
+    assert shown[2][1] is not shown[1][1] and torch.equal(shown[2][1], best.flip(0))
+    assert [label for label, _ in Panels(truth, sample, None, best, 1).videos()] == ["ground truth", "sample"]

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from svg.losses import active_units, kl_between_gaussians, kl_to_standard_normal
@@ -86,3 +87,34 @@ def test_posterior_heads_stay_fp32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mu, logvar, _ = lstm(torch.randn(3, 8), lstm.initial_state(3, torch.device("cpu")))
     assert mu.dtype == logvar.dtype == torch.float32
+
+
+def test_gaussian_and_laplace_nll_known_values():
+    from svg.losses import likelihood_nll
+
+    target = torch.zeros(2, 4, 3, 8, 8)  # 2 steps, batch 4: 384 pixels per sequence
+    zero = torch.zeros(3, 1, 1)
+    nll = likelihood_nll(target, target, zero, "gaussian")
+    assert nll.item() == pytest.approx(384 * 0.5 * math.log(2 * math.pi))
+    pred = torch.full_like(target, 0.5)
+    assert likelihood_nll(pred, target, zero, "gaussian").item() == pytest.approx(
+        384 * (0.125 + 0.5 * math.log(2 * math.pi))
+    )
+    assert likelihood_nll(pred, target, zero, "laplace").item() == pytest.approx(384 * (0.5 + math.log(2)))
+
+
+@pytest.mark.parametrize(("family", "best_scale"), [("gaussian", "rms"), ("laplace", "mean_abs")])
+def test_learned_scale_is_optimal_at_the_error_it_should_measure(family, best_scale):
+    """The NLL's minimum over the scale is the RMS error (Gaussian) or the mean absolute error (Laplace):
+    the learned scale tracks how wrong the model is, so beta = 1 weighs nats in the data's own units."""
+    from svg.losses import likelihood_nll
+
+    torch.manual_seed(0)
+    target, pred = torch.rand(2, 4, 3, 8, 8), torch.rand(2, 4, 3, 8, 8)
+    diff = pred - target
+    scale = diff.square().mean().sqrt() if best_scale == "rms" else diff.abs().mean()
+    at = {
+        d: likelihood_nll(pred, target, torch.full((3, 1, 1), scale.log().item() + d), family).item()
+        for d in (-0.05, 0.0, 0.05)
+    }
+    assert at[0.0] < at[-0.05] and at[0.0] < at[0.05]

@@ -16,6 +16,7 @@ import torch
 
 from svg.data import (
     COND_DIM,
+    CONDITIONS,
     FRAME_SHAPE,
     CacheDataset,
     CourseDataset,
@@ -54,16 +55,19 @@ def dataset_root(data_root: Path | None, batch: int, needed: bool) -> Iterator[P
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def step_batches(root: Path | None, batch: int, seq_len: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``count`` loader batches from the training split of root, or random uint8 frames where root is None."""
+def step_batches(
+    root: Path | None, batch: int, seq_len: int, count: int, conditions: str = "action+position"
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``count`` loader batches from the training split of root, or random uint8 frames where root is None,
+    with the condition columns ``conditions`` names."""
     if root is None:
         gen = torch.Generator().manual_seed(0)
         return [
             (torch.randint(0, 256, (batch, seq_len, *FRAME_SHAPE), dtype=torch.uint8, generator=gen),
-             torch.randn(batch, seq_len, COND_DIM, generator=gen))
+             torch.randn(batch, seq_len, COND_DIM, generator=gen)[..., CONDITIONS[conditions]])
             for _ in range(count)
         ]  # fmt: skip
-    stream = train_batches(open_split(root, "train", seq_len=seq_len), batch, seed=0)
+    stream = train_batches(open_split(root, "train", seq_len=seq_len, conditions=conditions), batch, seed=0)
     try:
         return [next(stream) for _ in range(count)]
     finally:

@@ -66,7 +66,7 @@ class Options:
 def _arms(exp: Experiment, opts: Options, rt: Runtime) -> list[Arm]:
     """The project arm, the reference arm (if asked for), then one per variant, all from the same weights."""
     torch.manual_seed(exp.train.seed)
-    initial = SVG(exp.model).to(rt.device)  # fp32, contiguous: every arm starts from a copy of these weights
+    initial = SVG.for_experiment(exp).to(rt.device)  # fp32, contiguous: every arm starts from a copy of these weights
     project = Setting("project", rt.precision, rt.channels_last, exp.train.compile)
     settings = [("project", project)]
     if opts.reference:
@@ -98,7 +98,9 @@ def run(exp: Experiment, opts: Options, preset: str = "") -> dict[str, Any]:
             loaders = bench_loaders(
                 root, seq_len, batch, opts.loader_batches, opts.loader_workers, keep_root=opts.data_root is not None
             )
-        data = step_batches(None if opts.step_data == "random" else root, batch, seq_len, count=4)
+        data = step_batches(
+            None if opts.step_data == "random" else root, batch, seq_len, count=4, conditions=exp.data.conditions
+        )
     gen = torch.Generator().manual_seed(cfg.seed)
     noise = [torch.randn(seq_len - 1, batch, exp.model.z_dim, generator=gen).to(rt.device) for _ in data]
     tf, beta = opts.teacher_forcing, exp.kl.beta_max

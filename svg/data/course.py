@@ -25,6 +25,13 @@ FRAME_SHAPE = (64, 64, 3)
 ACTION_DIM = 4
 POSITION_DIM = 3
 COND_DIM = ACTION_DIM + POSITION_DIM
+CONDITIONS = {
+    "action+position": slice(0, COND_DIM),
+    "action": slice(0, ACTION_DIM),
+    "none": slice(0, 0),
+}
+"""``data.conditions`` -> the condition columns a model sees: BAIR's action and end-effector position
+(the seed), the action alone, or nothing (action-free BAIR, the SVG paper's setting)."""
 ACTIONS_CSV = "actions.csv"
 POSITIONS_CSV = "endeffector_positions.csv"
 LAYOUT = f"<trajectory>/<seq>/0.png ... with {ACTIONS_CSV} and {POSITIONS_CSV}"

@@ -17,7 +17,7 @@ import torch
 import torch.utils.data
 
 from svg.data import cache
-from svg.data.course import FRAME_SHAPE, SEQ_LEN, SPLITS, read_frames, scan_split
+from svg.data.course import CONDITIONS, FRAME_SHAPE, SEQ_LEN, SPLITS, read_frames, scan_split
 from svg.data.errors import DataError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -74,9 +74,10 @@ class CacheDataset(torch.utils.data.Dataset):
 
 
 def open_split(
-    root: str | Path, split: str, seq_len: int = SEQ_LEN, skip_bad: bool = False
+    root: str | Path, split: str, seq_len: int = SEQ_LEN, skip_bad: bool = False, conditions: str = "action+position"
 ) -> torch.utils.data.Dataset:
-    """A split of ROOT; item i -> (frames uint8 (seq_len, 64, 64, 3), conditions float32 (seq_len, 7)).
+    """A split of ROOT; item i -> (frames uint8 (seq_len, 64, 64, 3), conditions float32 (seq_len, C)),
+    C the columns ``conditions`` names (``svg.data.course.CONDITIONS``: 7, 4 or 0).
 
     Reads the packed cache when it is present and current, else the PNG layout. Validates on open
     (missing or empty split, short sequences, bad PNG headers, bad CSVs, NaN/inf) and raises DataError
@@ -91,8 +92,11 @@ def open_split(
             "train/<trajectory>/<seq>/0.png … or a packed cache; --data.source=synthetic generates one there)"
         )
     if cache.usable(root, split):
-        return CacheDataset(*cache.cache_paths(root, split)[:2], seq_len, skip_bad)
-    return CourseDataset(root / split, seq_len, skip_bad)
+        dataset = CacheDataset(*cache.cache_paths(root, split)[:2], seq_len, skip_bad)
+    else:
+        dataset = CourseDataset(root / split, seq_len, skip_bad)
+    dataset.conditions = np.ascontiguousarray(dataset.conditions[..., CONDITIONS[conditions]])
+    return dataset
 
 
 def _fetch(dataset: torch.utils.data.Dataset, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

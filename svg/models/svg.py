@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from svg.config import Model
-from svg.data import COND_DIM
-from svg.losses import kl_between_gaussians, kl_to_standard_normal, reconstruction
+from svg.config import Experiment, Model
+from svg.data import COND_DIM, CONDITIONS
+from svg.losses import INITIAL_LOG_SCALE, kl_between_gaussians, kl_to_standard_normal, likelihood_nll, reconstruction
 from svg.models.encoders import ARCHITECTURES, per_step_statistics
 from svg.models.lstm import FramePredictor, GaussianLSTM, reparameterize
 
@@ -30,6 +30,9 @@ from svg.models.lstm import FramePredictor, GaussianLSTM, reparameterize
 class StepResult:
     mse: torch.Tensor
     """Sum over predicted steps of the per-step pixel MSE (differentiable)."""
+    nll: torch.Tensor
+    """The objective's reconstruction term, summed over steps: ``mse`` itself with the seed's pixel-mean
+    MSE, else the negative log-likelihood summed over pixels and averaged over the batch."""
     kld: torch.Tensor
     """Sum over steps of the per-step KL (summed over z, averaged over the batch; differentiable)."""
     kl_step_dim: torch.Tensor
@@ -42,12 +45,15 @@ class StepResult:
     steps: int
 
     @classmethod
-    def collect(cls, mse: torch.Tensor, kls: list[torch.Tensor], pred: torch.Tensor) -> StepResult:
+    def collect(
+        cls, mse: torch.Tensor, kls: list[torch.Tensor], pred: torch.Tensor, nll: torch.Tensor | None = None
+    ) -> StepResult:
         """Sum the per-step terms; ``kls`` holds (B, z) KL per step, ``pred`` is (T-1, B, 3, H, W)."""
         kl_all = torch.stack(kls).float()  # (T-1, B, z)
         kl_step_dim = kl_all.mean(1)
         return cls(
             mse=mse,
+            nll=mse if nll is None else nll,
             kld=kl_step_dim.sum(),
             kl_step_dim=kl_step_dim,
             kld_per_dim=kl_all.detach().mean((0, 1)),
@@ -57,21 +63,29 @@ class StepResult:
 
 
 class SVG(nn.Module):
-    def __init__(self, cfg: Model):
+    def __init__(self, cfg: Model, cond_dim: int = COND_DIM):
         super().__init__()
         encoder, decoder = ARCHITECTURES[cfg.encoder]
         self.encoder = encoder(cfg.g_dim, cfg.channels)
         self.decoder = decoder(cfg.g_dim, cfg.channels)
-        self.predictor = FramePredictor(COND_DIM + cfg.g_dim + cfg.z_dim, cfg.g_dim, cfg.rnn_size, cfg.predictor_layers)
+        self.predictor = FramePredictor(cond_dim + cfg.g_dim + cfg.z_dim, cfg.g_dim, cfg.rnn_size, cfg.predictor_layers)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.prior = (
-            GaussianLSTM(cfg.g_dim + COND_DIM, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
+            GaussianLSTM(cfg.g_dim + cond_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
             if cfg.prior == "learned"
             else None
         )
         self.z_dim = cfg.z_dim
         self.last_frame_skip = cfg.last_frame_skip
         self.channels_last = False
+        self.likelihood = cfg.likelihood
+        self.log_scale = None if cfg.likelihood == "mse" else nn.Parameter(torch.full((3, 1, 1), INITIAL_LOG_SCALE))
+
+    @classmethod
+    def for_experiment(cls, exp: Experiment) -> SVG:
+        """The model an experiment trains: its ``model`` section, fed the conditions ``data`` names."""
+        columns = CONDITIONS[exp.data.conditions]
+        return cls(exp.model, columns.stop - columns.start)
 
     def _image(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -107,23 +121,33 @@ class SVG(nn.Module):
         h, own_skip = self.encoder(self._image(x_prev))
         return h, (own_skip if self.last_frame_skip else skip)
 
-    def latent_step(self, h_target, h_prev, cond_t, eps_t, states: tuple):
-        """Posterior on the target's encoding, its KL to the prior, z, and the predictor's code g_t."""
+    def latent_step(self, h_target, h_prev, cond_t, eps_t, states: tuple, from_prior: bool = False):
+        """Posterior on the target's encoding, its KL to the prior, z (from the posterior, or with
+        ``from_prior`` from the prior: a diagnostic of how much the decoder relies on z) and the
+        predictor's code g_t."""
         post, prior, pred = states
         mu, logvar, post = self.posterior(h_target, post)
         if self.prior is None:
             kl = kl_to_standard_normal(mu, logvar)
+            z = eps_t if from_prior else reparameterize(mu, logvar, eps_t)
         else:
             mu_p, logvar_p, prior = self.prior(torch.cat([h_prev, cond_t], 1), prior)
             kl = kl_between_gaussians(mu, logvar, mu_p, logvar_p)
-        z = reparameterize(mu, logvar, eps_t)
+            z = reparameterize(mu_p, logvar_p, eps_t) if from_prior else reparameterize(mu, logvar, eps_t)
         g, pred = self.predictor(torch.cat([cond_t, h_prev, z], 1), pred)
         return g, kl, (post, prior, pred)
 
     def training_step(
-        self, x: torch.Tensor, cond: torch.Tensor, n_past: int, teacher_forcing: bool, eps: torch.Tensor
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        n_past: int,
+        teacher_forcing: bool,
+        eps: torch.Tensor,
+        from_prior: bool = False,
     ) -> StepResult:
-        """Run one training sequence; ``eps`` (T-1, B, z_dim) is the reparameterization noise."""
+        """Run one training sequence; ``eps`` (T-1, B, z_dim) is the reparameterization noise; z comes from
+        the posterior (training) or, with ``from_prior``, from the prior (a diagnostic)."""
         steps, batch = x.shape[0], x.shape[1]
         h_gt, skips_gt = self.encode_steps(x)
         states = self.initial_states(batch, x.device)
@@ -131,7 +155,7 @@ class SVG(nn.Module):
         if teacher_forcing:
             gs = []
             for t in range(1, steps):
-                g, kl, states = self.latent_step(h_gt[t], h_gt[t - 1], cond[t], eps[t - 1], states)
+                g, kl, states = self.latent_step(h_gt[t], h_gt[t - 1], cond[t], eps[t - 1], states, from_prior)
                 gs.append(g)
                 kls.append(kl)
             index = torch.tensor([self.skip_source(t, n_past) for t in range(1, steps)], device=x.device)
@@ -142,13 +166,14 @@ class SVG(nn.Module):
             mse, x_prev, skip, preds = x.new_zeros(()), None, None, []
             for t in range(1, steps):
                 h_prev, skip = self.input_frame(t, n_past, h_gt, skips_gt, x_prev, skip)
-                g, kl, states = self.latent_step(h_gt[t], h_prev, cond[t], eps[t - 1], states)
+                g, kl, states = self.latent_step(h_gt[t], h_prev, cond[t], eps[t - 1], states, from_prior)
                 kls.append(kl)
                 x_prev = self.decoder(g, skip)
                 preds.append(x_prev)
                 mse = mse + reconstruction(x_prev, x[t])
             pred = torch.stack(preds)
-        return StepResult.collect(mse, kls, pred)
+        nll = None if self.log_scale is None else likelihood_nll(pred, x[1:], self.log_scale, self.likelihood)
+        return StepResult.collect(mse, kls, pred, nll)
 
     forward = training_step
     """``forward`` is the training step, so DistributedDataParallel can wrap the model."""
