@@ -36,7 +36,7 @@ class Data(Section):
     root: str = Field("data/synthetic", description="dataset folder in the course layout (or with a packed cache)")
     conditions: Literal["action+position", "action", "none"] = Field(
         "action+position",
-        description="what the model is told per step: action and end-effector position (the seed), the action "
+        description="what the model is told per step: the action and the arm's position (the seed), the action "
         "alone, or nothing (action-free, as in the SVG paper)",
     )
     n_train: int = Field(2000, gt=0, description="synthetic training sequences to generate")

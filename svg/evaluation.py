@@ -265,3 +265,27 @@ def summarize(ev: Evaluation, frames: int) -> dict:
     out["kl_per_dim"] = ev.kl_per_dim.tolist()
     out["active_units"] = active_units(ev.kl_per_dim)
     return plain(out, digits=6)  # six decimals: far below any real difference, and the JSON stays readable
+
+
+def validation_figures(summary: dict, best_psnr: float) -> dict:
+    """What a validation logs (``val/…``): PSNR over every predicted frame beside copy-last, and how
+    the latent is used; with several samples also best-of-N, its paired gain and the samples' spread."""
+    s = summary
+    record = {
+        "val/psnr": s["psnr"],
+        "val/psnr_best": best_psnr,
+        "val/ssim": s["ssim"],
+        "val/psnr_copy_last": s["copy_last_psnr"],
+        "val/psnr_per_frame": [round(v, 4) for v in s["psnr_per_frame"]],
+        "val/kl": s["kl"],
+        "val/active_units": s["active_units"],
+        "val/z_use": s["z_use"],
+    }
+    if s["n_samples"] > 1:
+        record["val/psnr_best_of_n"] = s["psnr_best_of_n"]
+        record["val/best_minus_mean"], record["val/best_minus_mean_ci95"] = (
+            s["best_minus_mean"],
+            s["best_minus_mean_ci95"],
+        )
+        record["val/sample_diversity"] = s["sample_diversity"]
+    return record

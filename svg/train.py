@@ -24,7 +24,7 @@ from svg.checkpoint import architecture_mismatch, atomic_save, load_latest, rng_
 from svg.config import Experiment, to_yaml
 from svg.data import Prefetcher, ensure_synthetic, eval_batches, open_split, train_batches
 from svg.errors import Interrupted, SvgError
-from svg.evaluation import MEDIA_SAMPLES, MEDIA_SEQUENCES, evaluate, summarize
+from svg.evaluation import MEDIA_SAMPLES, MEDIA_SEQUENCES, evaluate, summarize, validation_figures
 from svg.losses import active_units
 from svg.media import write_gif, write_strip
 from svg.models import SVG
@@ -269,7 +269,7 @@ class Trainer:
         return record
 
     def _validate(self, record: dict) -> bool:
-        """Score one sample per validation sequence into ``record``; True when val PSNR improved."""
+        """Score ``train.val_samples`` samples per validation sequence into ``record``; True when val PSNR improved."""
         cfg = self.exp.train
         batches = eval_batches(self.val_set, self.exp.data.batch_size, limit=cfg.val_sequences)
         ev = evaluate(self.model, batches, cfg.n_past, cfg.val_samples, self.rt, cfg.seed, media_sequences=0)
@@ -277,27 +277,7 @@ class Trainer:
         self.validations += 1
         improved = sc["psnr"] > self.best_psnr
         self.best_psnr = max(self.best_psnr, sc["psnr"])
-        record.update(
-            {
-                "val/psnr": sc["psnr"],
-                "val/psnr_best": self.best_psnr,
-                "val/ssim": sc["ssim"],
-                "val/psnr_copy_last": sc["copy_last_psnr"],
-                "val/psnr_per_frame": [round(v, 4) for v in sc["psnr_per_frame"]],
-                "val/kl": sc["kl"],
-                "val/active_units": sc["active_units"],
-                "val/z_use": sc["z_use"],
-            }
-        )
-        if cfg.val_samples > 1:
-            record.update(
-                {
-                    "val/psnr_best_of_n": sc["psnr_best_of_n"],
-                    "val/best_minus_mean": sc["best_minus_mean"],
-                    "val/best_minus_mean_ci95": sc["best_minus_mean_ci95"],
-                    "val/sample_diversity": sc["sample_diversity"],
-                }
-            )
+        record.update(validation_figures(sc, self.best_psnr))
         return improved
 
     def _media(self, name: str) -> dict:

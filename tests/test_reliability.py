@@ -181,7 +181,7 @@ def _poison(trainer: Trainer, at: int) -> None:
         calls["n"] += 1
         res = real(*args)
         if calls["n"] == at:
-            res.mse = res.mse * float("nan")
+            res.nll = res.nll * float("nan")
         return res
 
     trainer.parts.forward = poisoned
