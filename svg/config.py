@@ -110,7 +110,7 @@ class Train(Section):
     val_every: int = Field(1, gt=0, description="validate every this many epochs (and after the last)")
     val_sequences: int = Field(128, gt=0, description="validation sequences scored each validation")
     val_samples: int = Field(
-        1, gt=0, description="samples per validation sequence (>= 2 also logs best-of-N, its gain and diversity)"
+        1, gt=0, description="samples per validation sequence (2 or more also log the best of N, its gain and spread)"
     )
     media_every: int = Field(5, gt=0, description="log a prediction GIF every this many validations")
     checkpoint_every: int = Field(200, gt=0, description="also save a mid-epoch checkpoint every this many iterations")
