@@ -35,14 +35,17 @@ def per_frame_series(summary: dict) -> dict[str, dict[str, tuple[list[float], li
 
 
 def headline(summary: dict) -> str:
-    """One line a person reads first."""
+    """What a person reads first: PSNR beside copy-last, over the headline frames and the whole
+    horizon, best of N and its paired gain, and whether the latent is used."""
     s, lh = summary, summary["long_horizon"]
     return (
         f"PSNR {s['psnr']:.2f} ± {s['psnr_ci95']:.2f} dB over {s['frames']} frames "
         f"(best of {s['n_samples']} {s['psnr_best_of_n']:.2f}, copy-last {s['copy_last_psnr']:.2f}), "
         f"SSIM {s['ssim']:.3f} (best {s['ssim_best_of_n']:.3f}, copy-last {s['copy_last_ssim']:.3f}); "
-        f"{s['horizon']} frames: PSNR {lh['psnr']:.2f} (copy-last {lh['copy_last_psnr']:.2f}); "
-        f"{s['active_units']} active latent units; {s['n_sequences']} sequences"
+        f"{s['horizon']} frames: PSNR {lh['psnr']:.2f}, best of {s['n_samples']} {lh['psnr_best_of_n']:.2f} "
+        f"(gain {lh['best_minus_mean']:+.2f} ± {lh['best_minus_mean_ci95']:.2f}), copy-last {lh['copy_last_psnr']:.2f}; "
+        f"latent: {s['active_units']} active units, KL {s['kl']:.3g} nats/step, z use {s['z_use']:.2g}, "
+        f"sample spread {s['sample_diversity']:.3f}; {s['n_sequences']} sequences"
     )
 
 
