@@ -43,7 +43,8 @@ def headline(summary: dict) -> str:
         f"(best of {s['n_samples']} {s['psnr_best_of_n']:.2f}, copy-last {s['copy_last_psnr']:.2f}), "
         f"SSIM {s['ssim']:.3f} (best {s['ssim_best_of_n']:.3f}, copy-last {s['copy_last_ssim']:.3f}); "
         f"{s['horizon']} frames: PSNR {lh['psnr']:.2f}, best of {s['n_samples']} {lh['psnr_best_of_n']:.2f} "
-        f"(gain {lh['best_minus_mean']:+.2f} ± {lh['best_minus_mean_ci95']:.2f}), copy-last {lh['copy_last_psnr']:.2f}; "
+        f"(gain {lh['best_minus_mean']:+.2f} ± {lh['best_minus_mean_ci95']:.2f}), "
+        f"copy-last {lh['copy_last_psnr']:.2f}; "
         f"latent: {s['active_units']} active units, KL {s['kl']:.3g} nats/step, z use {s['z_use']:.2g}, "
         f"sample spread {s['sample_diversity']:.3f}; {s['n_sequences']} sequences"
     )
