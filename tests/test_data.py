@@ -22,8 +22,11 @@ from svg.data import DataError, DataWarning, convert_tfrecords, ensure_synthetic
 from svg.data.bair import split_files
 from svg.data.course import encode_png, write_sequence
 from svg.data.loaders import CacheDataset, CourseDataset, eval_batches, train_batches
-from svg.data.scene import FINGER_GREY
-from svg.data.synthetic import generate_sequence
+from svg.data.oracle import oracle_error
+from svg.data.render import render
+from svg.data.scene import FINGER_GREY, hidden_draws, simulate
+from svg.data.synthetic import conditions as conditions_of
+from svg.data.synthetic import generate_sequence, sequence_streams
 
 REPO = Path(__file__).resolve().parents[1]
 PREPARE = REPO / "entrypoints" / "prepare_data.py"
@@ -400,6 +403,82 @@ def test_gripper_is_drawn_where_the_end_effector_condition_says():
             assert abs(rows.mean() + 0.5 - (32 + 32 * y)) < 1.5
         steps.append(np.hypot(*np.diff(positions[:, :2] * 32, axis=0).T).mean())
     assert np.mean(steps) > 1.5  # pixels per frame: the gripper really moves
+
+
+def _streams(split: str, index: int) -> list[np.random.Generator]:
+    """Fresh generators of the sequence's scene, hidden, look and noise streams and one more."""
+    return [np.random.default_rng(s) for s in sequence_streams(0, split, index, extra=1)]
+
+
+def test_resimulation_keeps_scene_and_conditions_but_not_the_ball():
+    for index in range(4):
+        scene, hidden, look, noise, other = _streams("train", index)
+        truth = hidden_draws(hidden, 30)
+        original = simulate(scene, truth)
+        frames = render(original, look, noise)
+        assert all(
+            np.array_equal(a, b)
+            for a, b in zip(generate_sequence(0, "train", index), (frames, *conditions_of(original)), strict=True)
+        )
+
+        # Replaying the actions with the same hidden draws is the sequence itself, bit for bit.
+        scene, _, look, noise, _ = _streams("train", index)
+        replayed = simulate(scene, truth, original["action"])
+        assert all(np.array_equal(replayed[key], value) for key, value in original.items())
+        assert np.array_equal(render(replayed, look, noise), frames)
+
+        # Other hidden draws: the same conditions and gripper, the same first frame, another ball path.
+        scene, _, look, noise, _ = _streams("train", index)
+        other_sim = simulate(scene, hidden_draws(other, 30), original["action"])
+        for a, b in zip(conditions_of(other_sim), conditions_of(original), strict=True):
+            assert np.array_equal(a, b)
+        for key in ("grip", "z", "opening", "radius", "square", "ball_radius"):
+            assert np.array_equal(other_sim[key], original[key]), key
+        assert np.array_equal(other_sim["ball"][0], original["ball"][0])
+        assert np.abs(other_sim["ball"] - original["ball"]).max() > 5  # pixels
+        other_frames = render(other_sim, look, noise)
+        assert np.array_equal(other_frames[0], frames[0]) and not np.array_equal(other_frames, frames)
+
+
+def test_a_ball_is_visible_in_every_frame_where_the_simulation_puts_it():
+    for index in range(8):
+        scene, hidden, look, noise, _ = _streams("validate", index)
+        sim = simulate(scene, hidden_draws(hidden, 30))
+        frames = render(sim, look, noise)
+        scene, hidden, look, noise, _ = _streams("validate", index)
+        without = render({**sim, "ball": np.full_like(sim["ball"], -100.0)}, look, noise)  # off the table
+        counts = []
+        for t, (frame, bare) in enumerate(zip(frames, without, strict=True)):
+            rows, cols = np.nonzero(np.abs(frame.astype(int) - bare).max(axis=-1) > 60)
+            distance = np.hypot(cols + 0.5 - sim["ball"][t, 0], rows + 0.5 - sim["ball"][t, 1])
+            assert len(rows) >= 4 and distance.max() < sim["ball_radius"] + 1.5, (index, t)
+            counts.append(len(rows))
+        assert np.mean(counts) > 25, index  # ~50-78 pixels unless the arm is over it
+        assert np.hypot(*np.diff(sim["ball"], axis=0).T).mean() > 1.2  # it rolls
+
+
+def test_oracle_free_running_exceeds_one_step_which_exceeds_noise_and_zero():
+    result = oracle_error(seed=0, split="test", sequences=3, n_past=2, horizon=12, draws=2)
+    rows = {key: row["mse_12"] for key, row in result["rows"].items()}
+    assert rows["copy_last"] > rows["free"] > rows["step"] > rows["noise"] > 0
+    assert rows["free_hidden"] > rows["step_hidden"] > 0
+    assert rows["free"] > rows["free_hidden"] and rows["step"] > rows["step_hidden"]
+    assert 2e-5 < rows["noise"] < 2e-4  # sigma 1-3 grey levels
+    assert result["rows"]["free"]["psnr_10"] > result["rows"]["copy_last"]["psnr_10"]
+    assert oracle_error(seed=0, split="test", sequences=3, n_past=2, horizon=12, draws=2, workers=2) == result
+
+
+def test_oracle_command_prints_a_table_or_json_and_refuses_bad_settings(capsys):
+    module = _prepare_data_module()
+    args = ["oracle", "--sequences", "2", "--horizon", "4", "--draws", "2", "--workers", "1"]
+    assert module.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("synthetic v2 test split, seed 0: 2 sequences") and lines[2].startswith("copy-last")
+    assert module.main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["sequences"] == 2 and len(result["per_frame_mse"]["free"]) == 4
+    assert module.main([*args, "--n-past", "27"]) == 2
+    assert "n_past + horizon <= 30" in capsys.readouterr().err
 
 
 class _Numbered(torch.utils.data.Dataset):

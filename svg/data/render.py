@@ -1,8 +1,12 @@
-"""Drawing a simulated scene (``svg.data.scene``) as uint8 frames: table texture, objects, marble, arm
-and gripper, lighting drift and sensor noise."""
+"""Drawing a simulated scene (``svg.data.scene``) as uint8 frames: table texture, objects, ball, arm and
+gripper, lighting drift (``draw``, from the ``look`` stream), then sensor noise (``expose``, from the
+``noise`` stream). Everything the look stream draws is per sequence and visible from the first frame,
+so a re-simulation rendered with the same look stream shows the same scene; each frame depends only
+on its own state, its index and the per-sequence draws."""
 
 from __future__ import annotations
 
+import colorsys
 import functools
 
 import numpy as np
@@ -95,14 +99,23 @@ def _per_frame(value) -> np.ndarray:
     return value[:, None, None] if value.ndim == 1 else value
 
 
+_NOISE_SPAN = 64 * SIZE * SIZE  # room for up to 64 frames, so where noise windows start ignores the length
+
+
 @functools.cache
 def _noise_bank() -> np.ndarray:
     """Fixed unit-normal noise: random windows into it are much cheaper than fresh draws."""
     return np.random.default_rng(0x5EED).standard_normal(1 << 20).astype(np.float32)
 
 
-def render(sim: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    sim = {key: v.astype(np.float32) if v.dtype == np.float64 else v for key, v in sim.items()}
+def render(sim: dict[str, np.ndarray], look: np.random.Generator, noise: np.random.Generator) -> np.ndarray:
+    """uint8 frames (T, 64, 64, 3) of a simulated sequence."""
+    return expose(*draw(sim, look), noise)
+
+
+def draw(sim: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """The noise-free image, planar (3, T*64*64) on [0, 255], and the sequence's sensor noise sigma."""
+    sim = {key: np.asarray(v, np.float32) if np.asarray(v).dtype == np.float64 else v for key, v in sim.items()}
     steps = len(sim["z"])
     image = np.repeat(_table(rng).transpose(2, 0, 1)[:, None], steps, axis=1).reshape(3, -1)
     gx, gy, z = sim["grip"][:, 0], sim["grip"][:, 1], sim["z"]
@@ -111,18 +124,20 @@ def render(sim: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
     for _ in range(len(sim["radius"])):
         rgb = np.array([rng.uniform(0.55, 0.95), rng.uniform(0.0, 0.5), rng.uniform(0.05, 0.6)])
         colours.append(rgb[rng.permutation(3)].astype(np.float32))
+    ball_colour = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.8, 1.0), rng.uniform(0.9, 1.0)), np.float32)
+    bx, by, br = sim["ball"][:, 0], sim["ball"][:, 1], sim["ball_radius"]
     for j, r in enumerate(sim["radius"]):
         ox, oy = sim["pos"][:, j, 0], sim["pos"][:, j, 1]
         _Shape.disc(ox + 1.0, oy + 1.5, r, 1.5).darken(image, 0.25)
+    _Shape.disc(bx + 1.0, by + 1.5, br, 1.5).darken(image, 0.25)
     for j, r in enumerate(sim["radius"]):
         ox, oy = sim["pos"][:, j, 0], sim["pos"][:, j, 1]
         if sim["square"][j]:
             _Shape.square(ox, oy, 0.88 * r, sim["angle"][:, j]).paint(image, colours[j])
         else:
             _Shape.disc(ox, oy, r).paint(image, colours[j])
-    if "marble" in sim:
-        tone = rng.uniform(0.8, 1.0, 3).astype(np.float32)
-        _Shape.disc(sim["marble"][:, 0], sim["marble"][:, 1], 2.2).paint(image, tone)
+    _Shape.disc(bx, by, br).paint(image, ball_colour)
+    _Shape.disc(bx - 0.35 * br, by - 0.35 * br, 0.3 * br).paint(image, 0.5 + 0.5 * ball_colour)  # highlight
 
     geo = gripper_geometry(z, sim["opening"])
     shadow = _Shape.disc(gx + 1 + 4 * z, gy + 1.5 + 5 * z, geo["body"] + geo["spread"], 1 + 2 * z)
@@ -153,11 +168,17 @@ def render(sim: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
     tint = rng.uniform(0.95, 1.05, 3).astype(np.float32)
     image *= light.reshape(-1)
     image *= (tint * 255)[:, None]
+    return image, float(rng.uniform(1.0, 3.0))
 
-    # Sensor noise: each channel gets its own random window of a fixed bank of unit normals.
+
+def expose(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Sensor noise and uint8 rounding of a ``draw`` image, which it overwrites (pass a copy to keep it).
+
+    Each channel gets its own random window of a fixed bank of unit normals, frame t at offset t*64*64,
+    so a frame's noise depends only on the stream and the frame's index."""
     bank = _noise_bank()
-    sigma = rng.uniform(1.0, 3.0)
-    for plane, start in zip(image, rng.integers(0, len(bank) - image.shape[1], 3), strict=True):
-        plane += sigma * bank[start : start + image.shape[1]] + 0.5
+    for plane, start in zip(image, rng.integers(0, len(bank) - _NOISE_SPAN, 3), strict=True):
+        plane += sigma * bank[start : start + plane.size] + 0.5
     np.clip(image, 0, 255, out=image)
+    steps = image.shape[1] // (SIZE * SIZE)
     return image.reshape(3, steps, SIZE, SIZE).transpose(1, 2, 3, 0).astype(np.uint8, order="C")

@@ -1,6 +1,13 @@
 """The embedded synthetic dataset: ``svg.data.scene`` sequences written in the course layout and the
 packed cache, generated once per root (a marker says with which sizes, seed and generator version),
 by several processes, safely against concurrent callers.
+
+Sequence ``index`` of ``split`` comes from four random streams spawned from
+SeedSequence([seed, split number, index]) (``sequence_streams``): scene (layout and policy), hidden
+(the per-step draws the conditions leave out), look (table, colours, lighting) and noise (sensor
+noise), so it is the same for any number of worker processes and can be re-simulated with other
+hidden draws or noise (``svg.data.oracle``). Version 2: a ball in every sequence, wider push outcomes,
+separate streams (version 1 had one stream, weak hidden randomness and a marble in 70% of sequences).
 """
 
 from __future__ import annotations
@@ -17,9 +24,9 @@ from svg.data import cache
 from svg.data.course import SEQ_LEN, SPLITS, write_sequence
 from svg.data.errors import DataError
 from svg.data.render import render
-from svg.data.scene import SIZE, simulate
+from svg.data.scene import SIZE, hidden_draws, simulate
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER = ".synthetic.json"
 _PARTIAL = ".synthetic.partial.json"
 _LOCK = ".synthetic.lock"
@@ -27,14 +34,26 @@ _CHUNK = 32  # sequences per worker task
 _TRAJECTORY = 256  # sequences per trajectory folder, as in the official files
 
 
-def generate_sequence(seed: int, split: str, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sequence `index` of `split`: frames uint8 (30, 64, 64, 3), actions (30, 4), positions (30, 3)."""
-    rng = np.random.default_rng([seed, SPLITS.index(split), index])
-    sim = simulate(rng, SEQ_LEN)
-    frames = render(sim, rng)
+STREAMS = ("scene", "hidden", "look", "noise")
+
+
+def sequence_streams(seed: int, split: str, index: int, extra: int = 0) -> list[np.random.SeedSequence]:
+    """The seeds of sequence `index` of `split`, in STREAMS order, then `extra` more for re-simulations."""
+    return np.random.SeedSequence([seed, SPLITS.index(split), index]).spawn(len(STREAMS) + extra)
+
+
+def conditions(sim: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """BAIR's conditions of a simulated sequence: actions (T, 4) and end-effector positions (T, 3), float32."""
     xy = (sim["grip"] - SIZE / 2) / (SIZE / 2)
     positions = np.column_stack([xy, 2 * sim["z"] - 1]).astype(np.float32)
-    return frames, sim["action"].astype(np.float32), positions
+    return sim["action"].astype(np.float32), positions
+
+
+def generate_sequence(seed: int, split: str, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sequence `index` of `split`: frames uint8 (30, 64, 64, 3), actions (30, 4), positions (30, 3)."""
+    scene, hidden, look, noise = (np.random.default_rng(s) for s in sequence_streams(seed, split, index))
+    sim = simulate(scene, hidden_draws(hidden, SEQ_LEN))
+    return render(sim, look, noise), *conditions(sim)
 
 
 def _sequence_dir(split_dir: Path, index: int) -> Path:
