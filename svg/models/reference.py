@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from svg.losses import likelihood_nll, reconstruction
+from svg.losses import reconstruction
 from svg.models.svg import SVG, StepResult
 
 
@@ -32,6 +32,4 @@ def reference_step(
         x_pred = model.decoder(g, skip)
         preds.append(x_pred)
         mse = mse + reconstruction(x_pred, x[t])
-    pred = torch.stack(preds)
-    nll = None if model.log_scale is None else likelihood_nll(pred, x[1:], model.log_scale, model.likelihood)
-    return StepResult.collect(mse, kls, pred, nll)
+    return model.result(mse, kls, torch.stack(preds), x)

@@ -172,6 +172,10 @@ class SVG(nn.Module):
                 preds.append(x_prev)
                 mse = mse + reconstruction(x_prev, x[t])
             pred = torch.stack(preds)
+        return self.result(mse, kls, pred, x)
+
+    def result(self, mse: torch.Tensor, kls: list[torch.Tensor], pred: torch.Tensor, x: torch.Tensor) -> StepResult:
+        """A sequence's terms from its summed MSE, per-step KLs and predictions of x[1:]."""
         nll = None if self.log_scale is None else likelihood_nll(pred, x[1:], self.log_scale, self.likelihood)
         return StepResult.collect(mse, kls, pred, nll)
 
