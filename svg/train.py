@@ -148,15 +148,12 @@ class Trainer:
     def fit(self) -> dict:
         exp, cfg, rt = self.exp, self.exp.train, self.rt
         total = cfg.epochs * cfg.iters_per_epoch
-        # on a GPU the next batch loads (pinned) while the step runs; on a CPU the step already uses every core
-        batches = Prefetcher(
-            train_batches(
-                self.train_set, exp.data.batch_size, seed=cfg.seed, num_workers=exp.data.num_workers,
-                rank=rt.rank, world_size=rt.world_size, start_batch=self.iteration,
-            ),
-            pin=rt.device.type == "cuda",
-            thread=rt.device.type == "cuda",
+        batches = train_batches(
+            self.train_set, exp.data.batch_size, seed=cfg.seed, num_workers=exp.data.num_workers,
+            rank=rt.rank, world_size=rt.world_size, start_batch=self.iteration,
         )  # fmt: skip
+        if rt.device.type == "cuda":  # the next batch loads, pinned, while the step runs
+            batches = Prefetcher(batches, pin=True)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=total, initial=self.iteration, disable=not rt.main, unit="it", dynamic_ncols=True)
         result: dict = {}

@@ -525,8 +525,7 @@ def test_eval_batches_in_order_with_limit():
     assert _ids(eval_batches(_Numbered(5), 4, num_workers=1), 10) == [[0, 1, 2, 3], [4]]
 
 
-@pytest.mark.parametrize("thread", [True, False])
-def test_prefetched_batches_arrive_in_order_and_errors_reach_the_caller(thread):
+def test_prefetched_batches_arrive_in_order_and_errors_reach_the_caller():
     from svg.data.loaders import Prefetcher
 
     def batches():
@@ -534,7 +533,7 @@ def test_prefetched_batches_arrive_in_order_and_errors_reach_the_caller(thread):
             yield torch.full((1,), i), torch.full((1,), -i)
         raise DataError("sequence 3 unreadable")
 
-    stream = Prefetcher(batches(), thread=thread)
+    stream = Prefetcher(batches())
     assert [int(next(stream)[0]) for _ in range(3)] == [0, 1, 2]
     with pytest.raises(DataError, match="sequence 3"):
         next(stream)

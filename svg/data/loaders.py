@@ -192,16 +192,14 @@ def eval_batches(
 class Prefetcher:
     """The next batch loaded (and pinned, for asynchronous copies to a GPU) in a thread while the
     current step runs. Order and content are those of ``batches``; an error in loading is raised by
-    ``next``; ``close`` stops the thread. ``thread=False`` loads in the caller instead (measured: on a
-    2-core CPU the thread only takes time from the step)."""
+    ``next``; ``close`` stops the thread. For GPUs: on a 2-core CPU the thread only takes time from the
+    step (measured), so CPU training reads ``train_batches`` directly."""
 
-    def __init__(self, batches: Iterator[Batch], pin: bool = False, thread: bool = True):
+    def __init__(self, batches: Iterator[Batch], pin: bool = False):
         self._queue: queue.Queue = queue.Queue(maxsize=1)
         self._stop = threading.Event()
-        self._batches = None if thread else batches
         self._thread = threading.Thread(target=self._fill, args=(batches, pin), daemon=True)
-        if thread:
-            self._thread.start()
+        self._thread.start()
 
     def _fill(self, batches: Iterator[Batch], pin: bool) -> None:
         try:
@@ -225,8 +223,6 @@ class Prefetcher:
         return self
 
     def __next__(self) -> Batch:
-        if self._batches is not None:
-            return next(self._batches)
         item = self._queue.get()
         if isinstance(item, Exception):
             raise item
@@ -234,5 +230,4 @@ class Prefetcher:
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._thread.join()
