@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep", type=Path, help="a W&B sweep YAML (the same file `wandb sweep` takes)")
     parser.add_argument("--out", type=Path, help="sweep folder: sweep.json + one run folder per trial "
                         "(default: runs/sweep-<YAML name>)")  # fmt: skip
-    parser.add_argument("--count", type=at_least(1), help="trials in the sweep at most (needed for random and bayes)")
+    parser.add_argument("--count", type=at_least(1), help="trials in the sweep at most (random and bayes need it or "
+                        "the YAML's run_cap; the smaller of the two wins)")  # fmt: skip
     parser.add_argument("--parallel", type=at_least(1), default=1, help="trials run at once (default: 1)")
     parser.add_argument(
         "--threads", type=at_least(1), help="CPU threads per trial, set as OMP_NUM_THREADS (default: cores / parallel)"
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         "--sweep-id",
         metavar="[ENTITY/PROJECT/]ID",
         help="a sweep made with `wandb sweep` that the trial runs join (online, or at `wandb sync`); "
-        "default: a local id, runs grouped as sweep-ID",
+        "default: a local id. Either way each run's W&B group is ID:<its setting> (runs that differ only in "
+        "train.seed share one) and its job_type the sweep's name",
     )
     parser.add_argument(
         "--resume",
@@ -54,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             config, out, count=args.count, parallel=args.parallel, threads=args.threads, resume=args.resume,
             wandb_sweep_id=args.sweep_id, source=str(args.sweep),
         )  # fmt: skip
+        gpus = f" and one GPU (of {','.join(runner.gpus)})" if runner.gpus else ""
         print(f"sweep {runner.sweep_id} ({config['method']}) in {out}, {args.parallel} trial(s) at a time, "
-              f"{runner.threads} thread(s) each")  # fmt: skip
+              f"{runner.threads} thread(s){gpus} each")  # fmt: skip
         record = runner.run()
         trials = record["trials"]
         states = {s: sum(t["state"] == s for t in trials) for s in ("finished", "stopped", "failed")}

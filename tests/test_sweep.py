@@ -300,7 +300,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, s
     iters = [r["iter"] for r in read_metrics(second / "metrics.jsonl") if "train/loss" in r]
     assert iters == list(range(1, 61))  # continued from the checkpoint, nothing logged twice
     assert inspect_run(second)["run_id"] == after[1]["id"]
-    assert run_record(second)["run_group"] == f"sweep-{record['sweep_id']}"
+    assert run_record(second)["run_group"] == f"{record['sweep_id']}:kl.mode={after[1]['params']['kl.mode']}"
 
 
 def test_train_out_defaults_to_a_folder_per_agent_run(tmp_path, smoke_data):

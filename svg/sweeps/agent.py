@@ -5,7 +5,9 @@ W&B run.
 
 WANDB_SWEEP_ID is set only to a sweep that exists on a W&B server (``--sweep-id``, from ``wandb sweep``): the server
 answers a run naming a sweep it does not know with "sweep … not found" and drops it (wandb/wandb#8115, at
-``wandb sync``). Without it the trials are grouped as ``sweep-<local id>`` instead.
+``wandb sync``). Either way each trial's W&B group is its setting (``<sweep id>:kl.mode=cyclical``: trials that
+differ only in ``train.seed`` share it) and its job_type the sweep's name, set as WANDB_RUN_GROUP / WANDB_JOB_TYPE
+(see ``svg.sweeps.groups``); wandb.init takes them unless the run's own tracking.group says otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import yaml
 
 from svg.config import Tracking
+from svg.sweeps.groups import group_name, job_type, searched, setting_of
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 """What ``wandb agent`` runs when the YAML has no ``command:``."""
@@ -104,11 +107,14 @@ def trial_env(
     run_id: str,
     param_path: Path,
     *,
+    params: dict[str, Any],
     linked: bool,
     threads: int,
+    gpu: str | None = None,
     environ: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """What ``wandb agent ENTITY/PROJECT/SWEEP`` exports to a trial, plus its thread budget (OMP_NUM_THREADS).
+    """What ``wandb agent ENTITY/PROJECT/SWEEP`` exports to a trial, plus its W&B group and job_type (its setting,
+    the sweep's name), its thread budget (OMP_NUM_THREADS) and its GPU (CUDA_VISIBLE_DEVICES, when given).
     ``sweep_id`` may carry ENTITY/PROJECT/; ``linked``: the sweep exists on a W&B server (see the module doc)."""
     env = dict(os.environ if environ is None else environ)
     env.pop("WANDB_SWEEP_ID", None)
@@ -118,14 +124,16 @@ def trial_env(
     entity = entity or config.get("entity")
     if linked:
         env["WANDB_SWEEP_ID"] = sweep
-    else:
-        env["WANDB_RUN_GROUP"] = f"sweep-{sweep}"
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
     if entity:
         env["WANDB_ENTITY"] = str(entity)
     env.update(
         WANDB_RUN_ID=run_id,
         WANDB_SWEEP_PARAM_PATH=str(param_path),
         WANDB_PROJECT=str(project),
+        WANDB_RUN_GROUP=group_name(sweep, setting_of(params, searched(config))),
+        WANDB_JOB_TYPE=job_type(config),
         OMP_NUM_THREADS=str(threads),
         MKL_NUM_THREADS=str(threads),
     )

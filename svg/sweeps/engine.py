@@ -1,7 +1,8 @@
 """The adapter to W&B's sweep engine, the ``sweeps`` package: imported quietly, fed our trials as its SweepRuns,
 asked for the next parameters (as plain Python values) and for the runs hyperband would stop.
 
-See DESIGN.md §9 for the engine's traps: numpy values, pydantic-v1 aliases, deprecation warnings.
+See DESIGN.md §9 for the engine's traps: numpy values, pydantic-v1 aliases, deprecation warnings. Keys W&B's server
+knows but the package's schema refuses (``run_cap``) are the runner's business and never reach the engine.
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ from svg.values import is_number, plain
 
 ENGINE_STATE = {"running": "running", "finished": "finished", "failed": "failed", "stopped": "killed"}
 """Our trial states -> the engine's RunState: an early-stopped trial is a killed run to bayes."""
+
+RUNNER_KEYS = ("run_cap",)
+"""Sweep config keys of W&B's server (the most runs the sweep creates) that the ``sweeps`` schema does not allow."""
+
+
+def engine_config(config: dict) -> dict:
+    """The sweep config without the keys the runner, not the engine, acts on."""
+    return {k: v for k, v in config.items() if k not in RUNNER_KEYS}
 
 
 @contextlib.contextmanager
@@ -36,7 +45,7 @@ def schema_violations(config: dict) -> list[str]:
     """The engine's schema violations of a sweep config, each once ([] when it conforms)."""
     try:
         with quiet():
-            violations = sweeps_package().schema_violations_from_proposed_config(config)
+            violations = sweeps_package().schema_violations_from_proposed_config(engine_config(config))
     except ValueError as e:
         violations = [str(e)]
     return list(dict.fromkeys(violations))  # the engine reports some twice
@@ -68,7 +77,7 @@ def to_engine(trial, records: list[dict], metric: str | None):
 def suggest(config: dict, runs: list) -> dict[str, Any] | None:
     """The engine's next parameters as Python values; None when a grid is exhausted."""
     with quiet():
-        run = sweeps_package().next_run(config, runs)
+        run = sweeps_package().next_run(engine_config(config), runs)
     if run is None:
         return None
     return {name: plain(spec["value"]) for name, spec in run.config.items()}
@@ -79,4 +88,4 @@ def to_stop(config: dict, runs: list) -> list[str]:
     if not config.get("early_terminate"):
         return []
     with quiet():
-        return [run.name for run in sweeps_package().stop_runs(config, runs)]
+        return [run.name for run in sweeps_package().stop_runs(engine_config(config), runs)]

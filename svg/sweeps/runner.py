@@ -13,37 +13,21 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from svg.errors import Interrupted
 from svg.sweeps.agent import new_id, trial_command, trial_env
 from svg.sweeps.engine import suggest, summarize, to_engine, to_stop
+from svg.sweeps.gpus import pick_gpu, visible_gpus
 from svg.sweeps.spec import SWEEP_FILE, SweepError
+from svg.sweeps.trials import Trial, last_line, now, still_running
 from svg.tracking import METRICS_FILE, read_metrics
 
 KILL_DELAY = 60.0
 """Seconds a stopped trial gets to finish its step and checkpoint before it is killed (twice the agent's 30 s: a
 validation pass on CPU can take half a minute)."""
-
-
-@dataclass
-class Trial:
-    """One run of the sweep. ``state``: running (also: interrupted, resumable), finished, failed, stopped."""
-
-    id: str
-    params: dict[str, Any]
-    command: list[str] = field(default_factory=list)
-    state: str = "running"
-    exit_code: int | None = None
-    started: str | None = None
-    ended: str | None = None
-    attempts: int = 0
-    pid: int | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
 
 
 @dataclass
@@ -55,36 +39,14 @@ class _Live:
     stop_sent: float | None = None
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _still_running(trial: Trial, run_dir: Path) -> bool:
-    """Whether the process a killed runner left behind still trains this trial (Linux /proc; else assume not)."""
-    try:
-        cmdline = Path(f"/proc/{trial.pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, TypeError):
-        return False
-    return f"--out={run_dir}".encode() in cmdline
-
-
-def _last_line(path: Path) -> str | None:
-    """The last non-empty line of a trial's output (train.py's one-line error), progress bars stripped."""
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return None
-    lines = [line.split("\r")[-1].strip() for line in text.splitlines()]
-    lines = [line for line in lines if line]
-    return lines[-1][:300] if lines else None
-
-
 class SweepRunner:
     """Suggest, launch, watch, record; ``run()`` returns the sweep record (also in ``DIR/sweep.json``).
 
-    ``count`` bounds the number of trials the sweep holds in all (a resumed sweep counts earlier ones); ``threads``
-    is each trial's CPU budget (OMP_NUM_THREADS), default the cores divided among ``parallel`` trials;
-    ``wandb_sweep_id`` names a sweep created on a W&B server that the trial runs join.
+    ``count`` bounds the number of trials the sweep holds in all (a resumed sweep counts earlier ones), as does the
+    YAML's ``run_cap`` (the smaller wins); ``threads`` is each trial's CPU budget (OMP_NUM_THREADS), default the
+    cores divided among ``parallel`` trials; ``gpus`` the CUDA_VISIBLE_DEVICES entries handed out one per live
+    trial (default: the runner's own, see ``svg.sweeps.gpus``); ``wandb_sweep_id`` names a sweep created on a W&B
+    server that the trial runs join.
     """
 
     def __init__(
@@ -95,6 +57,7 @@ class SweepRunner:
         count: int | None = None,
         parallel: int = 1,
         threads: int | None = None,
+        gpus: list[str] | None = None,
         resume: bool = False,
         wandb_sweep_id: str | None = None,
         source: str = "",
@@ -104,6 +67,7 @@ class SweepRunner:
         self.config, self.out, self.source = config, Path(out), source
         self.parallel, self.poll, self.say = parallel, poll, say
         self.threads = threads or max(1, (os.cpu_count() or 1) // parallel)
+        self.gpus = visible_gpus() if gpus is None else list(gpus)
         self.metric = (config.get("metric") or {}).get("name")
         self.trials: list[Trial] = []
         self.live: dict[str, _Live] = {}
@@ -119,10 +83,18 @@ class SweepRunner:
                 )
             self._load(state_path, count, wandb_sweep_id)
         else:
-            self.sweep_id, self.count, self.created = wandb_sweep_id or new_id(), count, _now()
+            self.sweep_id, self.count, self.created = wandb_sweep_id or new_id(), count, now()
             self.linked = wandb_sweep_id is not None
-        if self.config["method"] in ("random", "bayes") and self.count is None:
-            raise SweepError(f"method {self.config['method']} never ends by itself; give --count N")
+        if self.config["method"] in ("random", "bayes") and self.cap is None:
+            raise SweepError(
+                f"method {self.config['method']} never ends by itself; give --count N (or run_cap: N in the YAML)"
+            )
+
+    @property
+    def cap(self) -> int | None:
+        """The most trials the sweep holds: the smaller of --count and the YAML's run_cap (None: no bound)."""
+        bounds = [n for n in (self.count, self.config.get("run_cap")) if n is not None]
+        return min(bounds) if bounds else None
 
     def _load(self, path: Path, count: int | None, wandb_sweep_id: str | None) -> None:
         try:
@@ -144,7 +116,7 @@ class SweepRunner:
         self.trials = [Trial(**t) for t in saved["trials"]]
         self._rerun = [t for t in self.trials if t.state == "running"]
         for trial in self._rerun:
-            if _still_running(trial, self.out / trial.id):
+            if still_running(trial, self.out / trial.id):
                 raise SweepError(
                     f"--resume: trial {trial.id} (pid {trial.pid}) of {self.out} is still running; stop it first"
                 )
@@ -192,9 +164,13 @@ class SweepRunner:
         if resume:
             command.append("--resume=auto")
         trial.command, trial.state, trial.exit_code, trial.error = command, "running", None, None
-        trial.started, trial.ended = _now(), None
+        trial.started, trial.ended = now(), None
         trial.attempts += 1
-        env = trial_env(self.config, self.sweep_id, trial.id, param_path, linked=self.linked, threads=self.threads)
+        trial.gpu = pick_gpu(self.gpus, [live.trial.gpu for live in self.live.values()])
+        env = trial_env(
+            self.config, self.sweep_id, trial.id, param_path, params=trial.params, linked=self.linked,
+            threads=self.threads, gpu=trial.gpu,
+        )  # fmt: skip
         log = open(run_dir / "output.log", "a")  # closed when the trial ends (_reap)
         proc = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
@@ -203,14 +179,15 @@ class SweepRunner:
         trial.pid = proc.pid
         self.save()
         shown = " ".join(f"{k}={v}" for k, v in trial.params.items())
-        total = f"/{self.count}" if self.count else ""
+        total = f"/{self.cap}" if self.cap else ""
         verb = "resumed" if resume else "started"
-        self.say(f"trial {trial.id} {verb} ({self.trials.index(trial) + 1}{total}): {shown}")
+        where = f" on GPU {trial.gpu}" if trial.gpu is not None else ""
+        self.say(f"trial {trial.id} {verb} ({self.trials.index(trial) + 1}{total}){where}: {shown}")
 
     def _next(self) -> tuple[Trial, bool] | None:
         if self._rerun:
             return self._rerun.pop(0), True
-        if self.count is not None and len(self.trials) >= self.count:
+        if self.cap is not None and len(self.trials) >= self.cap:
             return None
         params = suggest(self.config, self.engine_runs())
         if params is None:
@@ -230,7 +207,7 @@ class SweepRunner:
             live.log.close()
             del self.live[run_id]
             trial = live.trial
-            trial.exit_code, trial.ended = code, _now()
+            trial.exit_code, trial.ended = code, now()
             trial.summary = summarize(self.records(trial))
             if self._stopping and code != 0:
                 trial.state = "running"  # interrupted with the sweep: resumable
@@ -246,7 +223,7 @@ class SweepRunner:
                 self.say(f"trial {trial.id} finished in {minutes:.1f} min{metric}")
             else:
                 trial.state = "failed"
-                trial.error = _last_line(self.out / trial.id / "output.log")
+                trial.error = last_line(self.out / trial.id / "output.log")
                 self.say(f"trial {trial.id} failed (exit {code}): {trial.error}")
             self.save()
 

@@ -1,6 +1,6 @@
 """The sweep YAML: reading it, pinning ``--set`` parameters, and checking it before any trial runs (the engine's
-schema and method checks, the program, parameter names that are config fields). Owns SweepError and the name of
-the sweep record, ``SWEEP_FILE``."""
+schema and method checks, ``run_cap``, the program, parameter names that are config fields). Owns SweepError and
+the name of the sweep record, ``SWEEP_FILE``."""
 
 from __future__ import annotations
 
@@ -69,6 +69,9 @@ def check_sweep(config: dict, where: str = "sweep") -> None:
     if violations:
         more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
         raise SweepError(f"{where}: {violations[0].splitlines()[0]}{more}")
+    cap = config.get("run_cap")
+    if cap is not None and (type(cap) is not int or cap < 1):
+        raise SweepError(f"{where}: run_cap: expected a whole number of runs of at least 1 (got {cap!r})")
     command = config.get("command") or DEFAULT_COMMAND
     if "${program}" in command:
         if not config.get("program"):
