@@ -11,15 +11,18 @@ from conftest import ROOT, run_entrypoint
 from PIL import Image
 
 from svg.config import load_experiment, to_yaml
-from svg.report import ReportError, collect, varied, write_report
+from svg.report import Interval, ReportError, collect, study, varied, write_report
 
 PNGS = ["val_psnr.png", "kld.png", "beta.png", "tfr.png", "psnr_per_frame.png"]
 
 
-def fake_run(path: Path, lr: float, mode: str, psnr: list[float], evaluation: dict | None = None) -> Path:
-    """A run folder as train.py leaves it: config.yaml, metrics.jsonl, media/epochNNNN.gif (+ the evaluator's JSON)."""
+def fake_run(
+    path: Path, lr: float, mode: str, psnr: list[float], evaluation: dict | None = None, extra: dict | None = None
+) -> Path:
+    """A run folder as train.py leaves it: config.yaml, metrics.jsonl, media/epochNNNN.gif (+ the evaluator's JSON);
+    ``extra``: more config overrides (e.g. train.seed)."""
     path.mkdir(parents=True)
-    exp = load_experiment("smoke", {"optim.lr": lr, "kl.mode": mode})
+    exp = load_experiment("smoke", {"optim.lr": lr, "kl.mode": mode, **(extra or {})})
     (path / "config.yaml").write_text(to_yaml(exp))
     lines = []
     for epoch, value in enumerate(psnr, start=1):
@@ -80,6 +83,7 @@ def test_sweep_report_is_one_self_contained_page(sweep_dir, tmp_path):
         assert expected in text, expected
     best = re.findall(r'<tr class="best">.*?</tr>', text)
     assert len(best) == 1 and "bbbb2222" in best[0]  # 21.50 beats 21.25
+    assert "Settings over seeds" not in text  # one seed per setting: the per-run table says it all
 
 
 def test_table_rows_hold_best_final_baseline_and_test_psnr(sweep_dir):
@@ -162,3 +166,84 @@ def test_runs_without_metrics_still_show_beside_ones_with(tmp_path):
     crashed_run(tmp_path / "runs" / "crashed")
     runs, _, _ = collect([tmp_path / "runs"])
     assert [(r.name, len(r.records)) for r in runs] == [("crashed", 0), ("ok", 4)]
+
+
+# -- settings over seeds ---------------------------------------------------------------------------
+
+TEST_PSNR = {("monotonic", 1): 22.0, ("monotonic", 2): 23.0, ("monotonic", 3): 24.0, ("cyclical", 1): 23.0,
+             ("cyclical", 2): 24.5, ("cyclical", 3): 25.0, ("cyclical", 4): 25.5, ("none", 1): 21.0}  # fmt: skip
+
+
+@pytest.fixture
+def seeds_dir(tmp_path):
+    """A sweep over kl.mode and train.seed: monotonic on seeds 1-3, cyclical on 1-4, none on seed 1 only, and a
+    failed cyclical trial (left out of the study)."""
+    out = tmp_path / "seeds"
+    trials = []
+    for i, ((mode, seed), psnr) in enumerate(TEST_PSNR.items()):
+        evaluation = {"psnr": psnr, "psnr_ci95": 0.3, "kl": 2.0 + seed, "n_sequences": 256}
+        fake_run(out / f"run{i:05d}", 0.002, mode, [20.0, 20.0 + seed], evaluation, {"train.seed": seed})
+        trials.append({"id": f"run{i:05d}", "params": {"kl.mode": mode, "train.seed": seed}, "state": "finished"})
+    trials.append({"id": "failed01", "params": {"kl.mode": "cyclical", "train.seed": 5}, "state": "failed",
+                   "error": "boom"})  # fmt: skip
+    parameters = {"kl.mode": {"values": ["monotonic", "cyclical", "none"]}, "train.seed": {"values": [1, 2, 3, 4, 5]}}
+    config = {"name": "seeds", "method": "grid", "parameters": parameters}
+    (out / "sweep.json").write_text(json.dumps({"sweep_id": "swp2", "config": config, "trials": trials}))
+    return out
+
+
+def test_settings_hold_their_seeds_with_intervals_and_paired_differences(seeds_dir):
+    runs, searched, _ = collect([seeds_dir])
+    found = study(runs, varied(runs, searched))
+    mono, cyc, none = found.settings
+    assert [s.label for s in found.settings] == ["kl.mode=monotonic", "kl.mode=cyclical", "kl.mode=none"]
+    assert len(cyc.runs) == 4 and found.reference is mono  # the failed trial is no result; the first is the reference
+    assert found.metrics[:2] == ["test/psnr", "test/kl"]  # per-sequence intervals and the protocol left out
+    assert "val/psnr" in found.metrics and "val/psnr_copy_last" in found.metrics
+    ci = mono.interval("test/psnr")  # 22, 23, 24: 4.303 / sqrt(3)
+    assert (ci.mean, ci.n) == (23.0, 3) and ci.half == pytest.approx(2.48414, abs=1e-5)
+    ci = cyc.interval("test/psnr")  # 23, 24.5, 25, 25.5: s = sqrt(3.5 / 3), t(0.975, 3) = 3.1824
+    assert (ci.mean, ci.n) == (24.5, 4) and ci.half == pytest.approx(3.182446 * (3.5 / 3) ** 0.5 / 2, abs=1e-5)
+    assert none.interval("test/psnr") == Interval(21.0, None, 1)
+    paired = {(p.setting, p.metric): p for p in found.paired}
+    psnr = paired["kl.mode=cyclical", "test/psnr"]  # seeds 1-3: differences 1, 1.5, 1
+    assert psnr.diff.n == 3 and psnr.diff.mean == pytest.approx(7 / 6) and psnr.verdict == "better"
+    assert psnr.diff.half == pytest.approx(4.302653 / 6, abs=1e-5)
+    assert paired["kl.mode=cyclical", "test/kl"].verdict == "inconclusive"  # the same on every seed: 0 ± 0
+    assert paired["kl.mode=none", "test/psnr"].diff == Interval(-1.0, None, 1)
+    assert paired["kl.mode=none", "test/psnr"].verdict == "inconclusive"  # one shared seed
+    assert not any("copy_last" in metric for _, metric in paired)
+
+
+def test_the_page_shows_settings_and_paired_differences(seeds_dir, tmp_path):
+    text = write_report([seeds_dir], tmp_path / "report").read_text()
+    for expected in ("<h2>Settings over seeds</h2>", "<th class='ref'>kl.mode=monotonic (reference)</th>",
+                     "23.00 ± 2.48 <span class='n'>n=3</span>", "24.50 ± 1.72 <span class='n'>n=4</span>",
+                     "<td>21.00 <span class='n'>n=1</span></td>", "Paired differences against kl.mode=monotonic",
+                     "<td>+1.17 ± 0.72 <span class='n'>n=3</span></td><td>3</td><td class='l better'>better</td>",
+                     "<td>-1.00 <span class='n'>n=1</span></td><td>1</td><td class='l inconclusive'>inconclusive",
+                     "<h2>Results</h2>", '<td class="l">run00006</td>'):  # fmt: skip
+        assert expected in text, expected
+    assert text.index("<h2>Results</h2>") < text.index("Settings over seeds")  # the per-run table stays first
+
+
+def test_runs_sharing_a_seed_count_once_and_run_names_make_no_setting(tmp_path):
+    for name, seed, psnr in (("a", 1, 20.0), ("b", 2, 22.0), ("c", 2, 24.0)):
+        extra = {"train.seed": seed, "tracking.name": f"run-{name}"}
+        fake_run(tmp_path / "runs" / name, 0.002, "monotonic", [20.0], {"psnr": psnr}, extra)
+    runs, searched, _ = collect([tmp_path / "runs"])
+    (setting,) = study(runs, varied(runs, searched)).settings
+    assert setting.label == "all" and setting.by_seed["test/psnr"] == {1: 20.0, 2: 23.0}
+    assert setting.interval("test/psnr").n == 2
+
+
+def test_reference_is_chosen_on_the_command_line(seeds_dir, tmp_path):
+    proc = run_entrypoint("report", str(seeds_dir), "--reference", "kl.mode=cyclical", "--out", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "r" / "report.html").read_text()
+    assert "Paired differences against kl.mode=cyclical" in text
+    assert "<td>-1.17 ± 0.72 <span class='n'>n=3</span></td><td>3</td><td class='l worse'>worse</td>" in text
+    proc = run_entrypoint("report", str(seeds_dir), "--reference", "kl.mode=sigmoid", "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--reference kl.mode=sigmoid: no setting match" in proc.stderr and "kl.mode=cyclical;" in proc.stderr
+    assert not (tmp_path / "x").exists()

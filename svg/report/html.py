@@ -1,8 +1,9 @@
-"""The report page: one self-contained HTML file (results table, curves and GIFs inlined as data URIs).
+"""The report page: one self-contained HTML file (results table, the study's tables over seeds, curves and GIFs
+inlined as data URIs).
 
 ``write_report`` is the whole report: collect the runs, give each a colour and a label naming what sets it
-apart, draw the figures beside the page, write the page. Nothing on it is fetched from anywhere, so it can
-be mailed or opened offline.
+apart, group the runs that differ only in their seed (``study``), draw the figures beside the page, write the page.
+Nothing on it is fetched from anywhere, so it can be mailed or opened offline.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 from svg.report.collect import Run, collect, varied
 from svg.report.plots import plot_curves
+from svg.report.stats import Interval
+from svg.report.study import Study, study
 from svg.values import is_number
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
@@ -40,6 +43,8 @@ figure img { max-width: 100%; height: auto; display: block; }
 figcaption { font-size: 12px; color: #555; margin-top: 4px; }
 .gifs { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
 .note { color: #666; font-size: 12px; }
+span.n { color: #888; font-size: 11px; } th.ref { background: #eef3fb; }
+td.better { color: #1a7f37; font-weight: 600; } td.worse { color: #b42318; font-weight: 600; }
 """
 
 NOTE = (
@@ -49,16 +54,32 @@ NOTE = (
     "best validation PSNR."
 )
 
+STUDY_NOTE = (
+    "Runs that differ only in train.seed form one setting (finished runs only; runs sharing a seed are averaged "
+    "first, so n counts seeds). Each cell: mean ± half-width of the 95% t-interval over seeds (t with n−1 degrees of "
+    "freedom); n=1: the value alone, no interval. test/: each run's evaluation JSON (entrypoints/evaluate.py); val/: "
+    "its last validation."
+)
+
+PAIRED_NOTE = (
+    "Each setting minus the reference, seed by seed over the seeds both hold: mean ± 95% t-interval of the per-seed "
+    "differences (n: shared seeds). Verdict: better / worse when the interval excludes 0 (PSNR and SSIM: higher is "
+    "better), higher / lower for numbers without a better direction, inconclusive when it holds 0 or with one shared "
+    "seed. The copy-last baseline is left out: it does not depend on the setting."
+)
+
 GIF_NOTE = (
     "Each run's latest validation GIF: one row per sequence, the columns named in its header (ground truth, then "
     "the model's samples); the bar under each frame is green for given context frames and red for predicted ones."
 )
 
 
-def write_report(paths: list[Path], out_dir: Path, title: str | None = None) -> Path:
-    """Write out_dir/report.html (self-contained) and the curve PNGs beside it; returns the HTML path."""
+def write_report(paths: list[Path], out_dir: Path, title: str | None = None, reference: str | None = None) -> Path:
+    """Write out_dir/report.html (self-contained) and the curve PNGs beside it; returns the HTML path. ``reference``:
+    the setting the paired differences are taken against (``k=v[,k=v]``; default the first setting)."""
     runs, searched, sweep = collect(paths)
     keys = varied(runs, searched)
+    over_seeds = study(runs, keys, reference)
     _style(runs, keys)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = plot_curves(runs, out_dir)
@@ -76,6 +97,7 @@ def write_report(paths: list[Path], out_dir: Path, title: str | None = None) -> 
         "<h2>Results</h2>",
         _table(runs, keys),
         f"<p class='note'>{NOTE}</p>",
+        *_study(over_seeds),
         *_figures(figures),
         *_gifs(runs),
         "</body></html>",
@@ -153,6 +175,52 @@ def _table(runs: list[Run], keys: list[str]) -> str:
     left = set(head[: head.index("best val PSNR")]) | {"error"}
     header = "".join(f'<th class="{"l" if h in left else ""}">{html.escape(h)}</th>' for h in head)
     return f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _interval(iv: Interval | None, digits: int, signed: bool = False) -> str:
+    """``mean ± half`` and n; n=1: the value and n=1."""
+    if iv is None:
+        return "–"
+    mean = ("+" if signed and iv.mean > 0 else "") + _fmt(float(iv.mean), digits)
+    body = mean if iv.half is None else f"{mean} ± {_fmt(float(iv.half), digits)}"
+    return f"{html.escape(body)} <span class='n'>n={iv.n}</span>"
+
+
+def _study(found: Study | None) -> list[str]:
+    """The per-setting table (a column per setting, a row per metric) and the paired differences with verdicts."""
+    if found is None:
+        return []
+    head = "".join(
+        f"<th class='{'ref' if s is found.reference else ''}'>{html.escape(s.label)}"
+        f"{' (reference)' if s is found.reference else ''}</th>"
+        for s in found.settings
+    )
+    rows = []
+    for metric in found.metrics:
+        digits = 3 if "ssim" in metric else 2
+        cells = "".join(f"<td>{_interval(s.interval(metric), digits)}</td>" for s in found.settings)
+        rows.append(f"<tr><td class='l'>{html.escape(metric)}</td>{cells}</tr>")
+    parts = [
+        "<h2>Settings over seeds</h2>",
+        f"<table class='settings'><thead><tr><th class='l'>metric</th>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>",
+        f"<p class='note'>{STUDY_NOTE}</p>",
+    ]
+    if found.paired:
+        rows = [
+            f"<tr><td class='l'>{html.escape(p.setting)}</td><td class='l'>{html.escape(p.metric)}</td>"
+            f"<td>{_interval(p.diff, 3 if 'ssim' in p.metric else 2, signed=True)}</td><td>{p.diff.n}</td>"
+            f"<td class='l {p.verdict}'>{p.verdict}</td></tr>"
+            for p in found.paired
+        ]
+        parts += [
+            f"<h2>Paired differences against {html.escape(found.reference.label)}</h2>",
+            "<table class='paired'><thead><tr><th class='l'>setting</th><th class='l'>metric</th>"
+            "<th>difference (setting − reference)</th><th>n seeds</th><th class='l'>verdict</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>",
+            f"<p class='note'>{PAIRED_NOTE}</p>",
+        ]
+    return parts
 
 
 def _figures(figures: list[tuple[str, Path, str]]) -> list[str]:
