@@ -181,7 +181,8 @@ def seeds_dir(tmp_path):
     out = tmp_path / "seeds"
     trials = []
     for i, ((mode, seed), psnr) in enumerate(TEST_PSNR.items()):
-        evaluation = {"psnr": psnr, "psnr_ci95": 0.3, "kl": 2.0 + seed, "n_sequences": 256}
+        evaluation = {"psnr": psnr, "psnr_ci95": 0.3, "kl": 2.0 + seed, "n_sequences": 256,
+                      "long_horizon": {"psnr": psnr - 3, "psnr_ci95": 0.4}, "media": {"gif": "x.gif"}}  # fmt: skip
         fake_run(out / f"run{i:05d}", 0.002, mode, [20.0, 20.0 + seed], evaluation, {"train.seed": seed})
         trials.append({"id": f"run{i:05d}", "params": {"kl.mode": mode, "train.seed": seed}, "state": "finished"})
     trials.append({"id": "failed01", "params": {"kl.mode": "cyclical", "train.seed": 5}, "state": "failed",
@@ -198,7 +199,7 @@ def test_settings_hold_their_seeds_with_intervals_and_paired_differences(seeds_d
     mono, cyc, none = found.settings
     assert [s.label for s in found.settings] == ["kl.mode=monotonic", "kl.mode=cyclical", "kl.mode=none"]
     assert len(cyc.runs) == 4 and found.reference is mono  # the failed trial is no result; the first is the reference
-    assert found.metrics[:2] == ["test/psnr", "test/kl"]  # per-sequence intervals and the protocol left out
+    assert found.metrics[:3] == ["test/psnr", "test/kl", "test/long_horizon/psnr"]  # no intervals, no protocol
     assert "val/psnr" in found.metrics and "val/psnr_copy_last" in found.metrics
     ci = mono.interval("test/psnr")  # 22, 23, 24: 4.303 / sqrt(3)
     assert (ci.mean, ci.n) == (23.0, 3) and ci.half == pytest.approx(2.48414, abs=1e-5)
@@ -210,6 +211,7 @@ def test_settings_hold_their_seeds_with_intervals_and_paired_differences(seeds_d
     assert psnr.diff.n == 3 and psnr.diff.mean == pytest.approx(7 / 6) and psnr.verdict == "better"
     assert psnr.diff.half == pytest.approx(4.302653 / 6, abs=1e-5)
     assert paired["kl.mode=cyclical", "test/kl"].verdict == "inconclusive"  # the same on every seed: 0 ± 0
+    assert paired["kl.mode=cyclical", "test/long_horizon/psnr"].diff.mean == pytest.approx(7 / 6)
     assert paired["kl.mode=none", "test/psnr"].diff == Interval(-1.0, None, 1)
     assert paired["kl.mode=none", "test/psnr"].verdict == "inconclusive"  # one shared seed
     assert not any("copy_last" in metric for _, metric in paired)
@@ -220,8 +222,8 @@ def test_the_page_shows_settings_and_paired_differences(seeds_dir, tmp_path):
     for expected in ("<h2>Settings over seeds</h2>", "<th class='ref'>kl.mode=monotonic (reference)</th>",
                      "23.00 ± 2.48 <span class='n'>n=3</span>", "24.50 ± 1.72 <span class='n'>n=4</span>",
                      "<td>21.00 <span class='n'>n=1</span></td>", "Paired differences against kl.mode=monotonic",
-                     "<td>+1.17 ± 0.72 <span class='n'>n=3</span></td><td>3</td><td class='l better'>better</td>",
-                     "<td>-1.00 <span class='n'>n=1</span></td><td>1</td><td class='l inconclusive'>inconclusive",
+                     "<td>+1.17 ± 0.72</td><td>3</td><td class='l better'>better</td>",
+                     "<td>-1.00</td><td>1</td><td class='l inconclusive'>inconclusive</td>",
                      "<h2>Results</h2>", '<td class="l">run00006</td>'):  # fmt: skip
         assert expected in text, expected
     assert text.index("<h2>Results</h2>") < text.index("Settings over seeds")  # the per-run table stays first
@@ -242,7 +244,7 @@ def test_reference_is_chosen_on_the_command_line(seeds_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "r" / "report.html").read_text()
     assert "Paired differences against kl.mode=cyclical" in text
-    assert "<td>-1.17 ± 0.72 <span class='n'>n=3</span></td><td>3</td><td class='l worse'>worse</td>" in text
+    assert "<td>-1.17 ± 0.72</td><td>3</td><td class='l worse'>worse</td>" in text
     proc = run_entrypoint("report", str(seeds_dir), "--reference", "kl.mode=sigmoid", "--out", str(tmp_path / "x"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "--reference kl.mode=sigmoid: no setting match" in proc.stderr and "kl.mode=cyclical;" in proc.stderr

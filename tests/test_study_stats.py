@@ -21,6 +21,7 @@ def test_mean_ci_by_hand():
     two = mean_ci([2.0, 4.0])  # s = sqrt(2): t(0.975, 1) * sqrt(2) / sqrt(2)
     assert two.mean == 3.0 and two.half == pytest.approx(12.7062, abs=1e-4)
     assert mean_ci([5.0, 5.0, 5.0]) == Interval(5.0, 0.0, 3)
+    assert mean_ci([0.81, 0.81, 0.81]) == Interval(0.81, 0.0, 3)  # equal values: exactly no spread
 
 
 def test_one_value_has_no_interval_and_none_is_an_error():

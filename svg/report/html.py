@@ -178,12 +178,12 @@ def _table(runs: list[Run], keys: list[str]) -> str:
 
 
 def _interval(iv: Interval | None, digits: int, signed: bool = False) -> str:
-    """``mean ± half`` and n; n=1: the value and n=1."""
+    """``mean ± half`` and n; n=1: the value and n=1. ``signed``: a difference (+ shown, n in its own column)."""
     if iv is None:
         return "–"
     mean = ("+" if signed and iv.mean > 0 else "") + _fmt(float(iv.mean), digits)
     body = mean if iv.half is None else f"{mean} ± {_fmt(float(iv.half), digits)}"
-    return f"{html.escape(body)} <span class='n'>n={iv.n}</span>"
+    return html.escape(body) if signed else f"{html.escape(body)} <span class='n'>n={iv.n}</span>"
 
 
 def _study(found: Study | None) -> list[str]:

@@ -44,6 +44,8 @@ def mean_ci(values: list[float], level: float = 0.95) -> Interval:
     mean = math.fsum(values) / n
     if n == 1:
         return Interval(mean, None, 1)
+    if min(values) == max(values):  # exactly 0, not the rounding noise of a mean of equal floats
+        return Interval(values[0], 0.0, n)
     s = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
     return Interval(mean, t_quantile(1 - (1 - level) / 2, n - 1) * s / math.sqrt(n), n)
 
