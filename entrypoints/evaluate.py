@@ -2,7 +2,7 @@
 the copy-last-frame baseline, per-frame curves with 95% intervals, GIFs; logged to the checkpoint's W&B run.
 
 python entrypoints/evaluate.py runs/cpu/checkpoints/best.pt
-python entrypoints/evaluate.py runs/cpu/checkpoints/best.pt --split test --samples 100 --out results/cpu.json
+python entrypoints/evaluate.py runs/cpu/checkpoints/best.pt --protocol svg --out results/cpu-svg.json
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from svg.cli import at_least, run_cli
 from svg.config import OneLineParser
+from svg.protocols import PROTOCOLS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,14 +24,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data.root", dest="data_root", help="dataset folder (default: the checkpoint's data.root)")
     parser.add_argument(
-        "--samples", type=at_least(1), default=10, help="samples from the prior per sequence (default: 10)"
+        "--protocol",
+        choices=list(PROTOCOLS),
+        default="project",
+        help="; ".join(f"{p.name}: {p.summary}" for p in PROTOCOLS.values()) + " (default: project)",
     )
     parser.add_argument(
-        "--frames", type=at_least(1), default=10, help="predicted frames the headline figures average (default: 10)"
+        "--samples", type=at_least(1), help="samples from the prior per sequence (default: the protocol's)"
     )
     parser.add_argument(
-        "--horizon", type=at_least(1), help="predicted frames per sequence (default: all after the context, 28)"
+        "--frames", type=at_least(1), help="predicted frames the headline figures average (default: the protocol's)"
     )
+    parser.add_argument("--horizon", type=at_least(1), help="predicted frames per sequence (default: the protocol's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prior samples (default: 0)")
     parser.add_argument("--limit", type=at_least(1), help="score only the first N sequences (default: all)")
     parser.add_argument("--batch-size", type=at_least(1), help="sequences per batch (default: the checkpoint's)")
@@ -47,9 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> None:
         from svg.evaluator import Options, default_output, evaluate_checkpoint, headline
 
+        protocol = PROTOCOLS[args.protocol]
+        given = {"samples": args.samples, "frames": args.frames, "horizon": args.horizon}
+        chosen = {k: getattr(protocol, k) if v is None else v for k, v in given.items()}
         opts = Options(
-            split=args.split, data_root=args.data_root, samples=args.samples, frames=args.frames,
-            horizon=args.horizon, seed=args.seed, limit=args.limit, batch_size=args.batch_size,
+            split=args.split, protocol=protocol.name, data_root=args.data_root, **chosen, seed=args.seed,
+            limit=args.limit, batch_size=args.batch_size,
             device=args.device, precision=args.precision, tracking=args.tracking, progress=not args.no_progress,
         )  # fmt: skip
         out = args.out or default_output(args.checkpoint, args.split)

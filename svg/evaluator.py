@@ -17,6 +17,7 @@ from svg.data import SEQ_LEN, eval_batches, open_split
 from svg.errors import SvgError
 from svg.evaluation import evaluate, summarize
 from svg.media import write_curves, write_gif, write_strip
+from svg.protocols import PROTOCOLS, SSIM_SETTINGS
 from svg.runtime import setup_runtime
 from svg.tracking import Tracker
 
@@ -55,6 +56,8 @@ class Options:
     """How ``evaluate_checkpoint`` runs; the evaluate CLI's flags."""
 
     split: str = "test"
+    protocol: str = "project"
+    """A PROTOCOLS name; the results say "custom" where samples, frames or horizon depart from it."""
     data_root: str | None = None
     """None: the checkpoint's data.root."""
     samples: int = 10
@@ -83,7 +86,13 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, opts: Options) -> dict:
     beside it, and log them to the checkpoint's W&B run (resumed by id; a new run if it has none)."""
     model, exp, state = load_model(checkpoint)
     n_past = exp.train.n_past
+    protocol = PROTOCOLS[opts.protocol]
+    if protocol.n_past not in (None, n_past):
+        raise SvgError(
+            f"--protocol {protocol.name}: needs {protocol.n_past} given frames; the model was trained on {n_past}"
+        )
     horizon = opts.horizon or SEQ_LEN - n_past
+    as_named = (protocol.samples, protocol.frames, protocol.horizon or SEQ_LEN - n_past)
     if n_past + horizon > SEQ_LEN:
         raise SvgError(f"--horizon: {horizon} predicted frames after {n_past} given exceed the {SEQ_LEN} frames")
     if opts.frames > horizon:
@@ -118,6 +127,14 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, opts: Options) -> dict:
         "split": opts.split,
         "data_root": str(root),
         "seed": opts.seed,
+        "protocol": {
+            "name": protocol.name if (opts.samples, opts.frames, horizon) == as_named else "custom",
+            "n_past": n_past,
+            "frames": opts.frames,
+            "horizon": horizon,
+            "samples": opts.samples,
+            "ssim": SSIM_SETTINGS,
+        },
         **summary,
         "media": {k: p.name for k, p in media.items()},
     }

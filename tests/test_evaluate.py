@@ -305,3 +305,37 @@ def test_more_frames_than_the_horizon_is_bad_input(learned_run, capsys):
     ckpt = str(learned_run / "run" / "checkpoints" / "best.pt")
     assert evaluate_cli()([ckpt, "--horizon", "5", "--frames", "10", "--tracking", "disabled"]) == 2
     assert "--frames" in capsys.readouterr().err
+
+
+def test_a_named_protocol_sets_the_frames_and_samples_and_is_stamped_into_the_results(learned_run, tmp_path):
+    ckpt, out = str(learned_run / "run" / "checkpoints" / "best.pt"), tmp_path / "seed.json"
+    common = ["--limit", "2", "--tracking", "disabled", "--no-progress"]
+    assert evaluate_cli()([ckpt, "--protocol", "seed", "--out", str(out), *common]) == 0
+    result = json.loads(out.read_text())
+    assert {k: v for k, v in result["protocol"].items() if k != "ssim"} == {
+        "name": "seed", "n_past": 2, "frames": 10, "horizon": 10, "samples": 10,
+    }  # fmt: skip
+    assert len(result["psnr_per_frame"]) == 10 and result["n_samples"] == 10
+    assert "7x7" in result["protocol"]["ssim"]
+    assert evaluate_cli()([ckpt, "--protocol", "seed", "--samples", "2", "--out", str(out), *common]) == 0
+    assert json.loads(out.read_text())["protocol"]["name"] == "custom"
+    assert evaluate_cli()([ckpt, "--horizon", "28", "--samples", "1", "--out", str(out), *common]) == 0
+    assert json.loads(out.read_text())["protocol"]["name"] == "custom"  # the project protocol draws 10 samples
+
+
+def test_a_protocol_refuses_a_model_trained_on_other_context(learned_run, tmp_path, capsys):
+    state = torch.load(learned_run / "run" / "checkpoints" / "best.pt", weights_only=True)
+    state["config"]["train"]["n_past"] = 3
+    torch.save(state, tmp_path / "three.pt")
+    args = [
+        str(tmp_path / "three.pt"),
+        "--protocol",
+        "svg",
+        "--out",
+        str(tmp_path / "r.json"),
+        "--tracking",
+        "disabled",
+    ]
+    assert evaluate_cli()(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--protocol svg: needs 2 given frames" in err
