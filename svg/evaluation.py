@@ -134,7 +134,7 @@ def evaluate(
                     total += pred - shift
                     total_sq += (pred - shift).square()
                     batch_psnr.append(psnr_per_frame(pred, target).cpu())
-                    batch_ssim.append(ssim_per_frame(pred, target).float())
+                    batch_ssim.append(ssim_per_frame(pred, target).float().cpu())
                     if k:
                         shown.add(pred[:, :k].cpu(), batch_psnr[-1][:, :k])
                 if k:
@@ -152,7 +152,7 @@ def evaluate(
                 psnr.append(torch.stack(batch_psnr))
                 ssim.append(torch.stack(batch_ssim))
                 cl_psnr.append(psnr_per_frame(baseline, target).cpu())
-                cl_ssim.append(ssim_per_frame(baseline, target).float())
+                cl_ssim.append(ssim_per_frame(baseline, target).float().cpu())
                 kl, use = _latent_use(model, x, c, n_past, rt, gen)
                 z_use.append(use)
                 kl_sum, count = (kl * x.shape[1] if kl_sum is None else kl_sum + kl * x.shape[1]), count + x.shape[1]
