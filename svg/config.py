@@ -79,8 +79,11 @@ class KL(Section):
 
 
 class TeacherForcing(Section):
-    start_decay_epoch: int = Field(
-        10, ge=0, description="epoch at which the teacher-forcing ratio starts to decay (>= train.epochs: never)"
+    start_decay_epoch: float = Field(
+        10,
+        ge=0,
+        description="epoch, possibly fractional, at which the teacher-forcing ratio starts to decay "
+        "(>= train.epochs: never)",
     )
     decay_step: float | None = Field(
         None, gt=0, le=1, description="decrease of the ratio per epoch (None: reach 0 at the last epoch)"

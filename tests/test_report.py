@@ -199,21 +199,25 @@ def test_settings_hold_their_seeds_with_intervals_and_paired_differences(seeds_d
     mono, cyc, none = found.settings
     assert [s.label for s in found.settings] == ["kl.mode=monotonic", "kl.mode=cyclical", "kl.mode=none"]
     assert len(cyc.runs) == 4 and found.reference is mono  # the failed trial is no result; the first is the reference
-    assert found.metrics[:3] == ["test/psnr", "test/kl", "test/long_horizon/psnr"]  # no intervals, no protocol
+    assert found.metrics[:3] == [
+        "test/project/psnr",
+        "test/project/kl",
+        "test/project/long_horizon/psnr",
+    ]  # no intervals, no protocol
     assert "val/psnr" in found.metrics and "val/psnr_copy_last" in found.metrics
-    ci = mono.interval("test/psnr")  # 22, 23, 24: 4.303 / sqrt(3)
+    ci = mono.interval("test/project/psnr")  # 22, 23, 24: 4.303 / sqrt(3)
     assert (ci.mean, ci.n) == (23.0, 3) and ci.half == pytest.approx(2.48414, abs=1e-5)
-    ci = cyc.interval("test/psnr")  # 23, 24.5, 25, 25.5: s = sqrt(3.5 / 3), t(0.975, 3) = 3.1824
+    ci = cyc.interval("test/project/psnr")  # 23, 24.5, 25, 25.5: s = sqrt(3.5 / 3), t(0.975, 3) = 3.1824
     assert (ci.mean, ci.n) == (24.5, 4) and ci.half == pytest.approx(3.182446 * (3.5 / 3) ** 0.5 / 2, abs=1e-5)
-    assert none.interval("test/psnr") == Interval(21.0, None, 1)
+    assert none.interval("test/project/psnr") == Interval(21.0, None, 1)
     paired = {(p.setting, p.metric): p for p in found.paired}
-    psnr = paired["kl.mode=cyclical", "test/psnr"]  # seeds 1-3: differences 1, 1.5, 1
+    psnr = paired["kl.mode=cyclical", "test/project/psnr"]  # seeds 1-3: differences 1, 1.5, 1
     assert psnr.diff.n == 3 and psnr.diff.mean == pytest.approx(7 / 6) and psnr.verdict == "better"
     assert psnr.diff.half == pytest.approx(4.302653 / 6, abs=1e-5)
-    assert paired["kl.mode=cyclical", "test/kl"].verdict == "inconclusive"  # the same on every seed: 0 ± 0
-    assert paired["kl.mode=cyclical", "test/long_horizon/psnr"].diff.mean == pytest.approx(7 / 6)
-    assert paired["kl.mode=none", "test/psnr"].diff == Interval(-1.0, None, 1)
-    assert paired["kl.mode=none", "test/psnr"].verdict == "inconclusive"  # one shared seed
+    assert paired["kl.mode=cyclical", "test/project/kl"].verdict == "inconclusive"  # the same on every seed: 0 ± 0
+    assert paired["kl.mode=cyclical", "test/project/long_horizon/psnr"].diff.mean == pytest.approx(7 / 6)
+    assert paired["kl.mode=none", "test/project/psnr"].diff == Interval(-1.0, None, 1)
+    assert paired["kl.mode=none", "test/project/psnr"].verdict == "inconclusive"  # one shared seed
     assert not any("copy_last" in metric for _, metric in paired)
 
 
@@ -235,8 +239,8 @@ def test_runs_sharing_a_seed_count_once_and_run_names_make_no_setting(tmp_path):
         fake_run(tmp_path / "runs" / name, 0.002, "monotonic", [20.0], {"psnr": psnr}, extra)
     runs, searched, _ = collect([tmp_path / "runs"])
     (setting,) = study(runs, varied(runs, searched)).settings
-    assert setting.label == "all" and setting.by_seed["test/psnr"] == {1: 20.0, 2: 23.0}
-    assert setting.interval("test/psnr").n == 2
+    assert setting.label == "all" and setting.by_seed["test/project/psnr"] == {1: 20.0, 2: 23.0}
+    assert setting.interval("test/project/psnr").n == 2
 
 
 def test_reference_is_chosen_on_the_command_line(seeds_dir, tmp_path):
@@ -249,3 +253,19 @@ def test_reference_is_chosen_on_the_command_line(seeds_dir, tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "--reference kl.mode=sigmoid: no setting match" in proc.stderr and "kl.mode=cyclical;" in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_each_protocol_is_its_own_metric_and_the_run_table_prefers_the_projects(tmp_path):
+    for name, seed in (("a", 1), ("b", 2)):
+        run = fake_run(
+            tmp_path / "runs" / name, 0.002, "monotonic", [20.0], {"psnr": 20.0 + seed}, {"train.seed": seed}
+        )
+        for protocol, psnr in (("seed", 25.0 + seed), ("svg", 30.0 + seed)):
+            result = {"split": "test", "checkpoint": "x/last.pt", "psnr": psnr, "protocol": {"name": protocol}}
+            (run / "eval" / f"test-{protocol}.json").write_text(json.dumps(result))
+    runs, searched, _ = collect([tmp_path / "runs"])
+    assert sorted(runs[0].evaluations) == ["project", "seed", "svg"] and runs[0].evaluation["psnr"] == 21.0
+    (setting,) = study(runs, varied(runs, searched)).settings
+    assert setting.by_seed["test/seed/psnr"] == {1: 26.0, 2: 27.0}
+    assert setting.by_seed["test/svg/psnr"] == {1: 31.0, 2: 32.0}
+    assert setting.by_seed["test/project/psnr"] == {1: 21.0, 2: 22.0}

@@ -78,3 +78,11 @@ def test_teacher_forcing_never_decays_when_the_start_is_past_the_run():
     tfr = TeacherForcing(start_decay_epoch=10)
     assert [teacher_forcing_ratio(e, 1, tfr) for e in (0, 0.5, 0.99)] == [1.0, 1.0, 1.0]
     assert teacher_forcing_ratio(9.9, 10, tfr) == 1.0
+
+
+def test_teacher_forcing_start_may_be_a_fraction_of_an_epoch():
+    # The seed's 10 of 300 epochs is 4% of a run: 0.4 of a 10-epoch run.
+    tfr = TeacherForcing(start_decay_epoch=0.4)
+    assert teacher_forcing_ratio(0.4, 10, tfr) == 1.0
+    assert teacher_forcing_ratio(5.2, 10, tfr) == pytest.approx(1 - 4.8 / 9.6)
+    assert teacher_forcing_ratio(10, 10, tfr) == pytest.approx(0.0)

@@ -39,7 +39,8 @@ class Run:
     state: str | None = None
     error: str | None = None
     gif: Path | None = None
-    evaluation: dict | None = None
+    evaluations: dict[str, dict] = field(default_factory=dict)
+    """Test-split results per evaluation protocol (``svg.protocols``)."""
     color: str = "black"
     label: str = ""
 
@@ -52,26 +53,35 @@ class Run:
         return next((r[key] for r in reversed(self.records) if r.get(key) is not None), None)
 
     @property
+    def evaluation(self) -> dict | None:
+        """The results the run table shows: the project protocol's, else the first protocol's by name."""
+        return self.evaluations.get("project") or next(iter(dict(sorted(self.evaluations.items())).values()), None)
+
+    @property
     def best_psnr(self) -> float | None:
         values = [r["val/psnr"] for r in self.records if is_number(r.get("val/psnr"))]
         return max(values) if values else None
 
 
-def _evaluation(run_dir: Path) -> dict | None:
-    """The evaluator's test-split JSON for this run (RUN/eval/*.json, or eval*.json beside the checkpoints);
-    the one for best.pt when there are several, else the newest."""
-    found = []
+def _evaluations(run_dir: Path) -> dict[str, dict]:
+    """The evaluator's test-split JSONs for this run (RUN/eval/*.json, or eval*.json beside the checkpoints), one per
+    protocol (a JSON from before protocols were stamped counts as "project"): the one for best.pt when there are
+    several, else the newest."""
+    found: dict[str, list] = {}
     for path in [*run_dir.glob("eval/*.json"), *run_dir.glob("checkpoints/eval*.json"), *run_dir.glob("eval*.json")]:
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
         if isinstance(data, dict) and is_number(data.get("psnr")) and data.get("split", "test") == "test":
-            found.append((Path(str(data.get("checkpoint", ""))).stem == "best", path.stat().st_mtime, path, data))
-    if not found:
-        return None
-    *_, path, data = max(found, key=lambda f: f[:2])
-    return {**data, "file": str(path.relative_to(run_dir))}
+            protocol = (data.get("protocol") or {}).get("name", "project")
+            is_best = Path(str(data.get("checkpoint", ""))).stem == "best"
+            found.setdefault(protocol, []).append((is_best, path.stat().st_mtime, path, data))
+    chosen = {}
+    for protocol, candidates in found.items():
+        *_, path, data = max(candidates, key=lambda f: f[:2])
+        chosen[protocol] = {**data, "file": str(path.relative_to(run_dir))}
+    return chosen
 
 
 def read_run(path: Path, name: str | None = None) -> Run:
@@ -85,7 +95,7 @@ def read_run(path: Path, name: str | None = None) -> Run:
     run.records = read_metrics(path / METRICS_FILE)
     gifs = sorted((path / "media").glob("epoch*.gif"))
     run.gif = gifs[-1] if gifs else None
-    run.evaluation = _evaluation(path)
+    run.evaluations = _evaluations(path)
     return run
 
 

@@ -59,16 +59,18 @@ class Study:
 
 
 def numbers(run: Run) -> dict[str, float]:
-    """A run's ``test/<key>`` numbers (its evaluation JSON, per-sequence intervals and protocol left out; a nested
-    block such as ``long_horizon`` as ``test/long_horizon/<key>``) and the last value of each ``val/*`` metric."""
+    """A run's ``test/<protocol>/<key>`` numbers (its evaluation JSONs, per-sequence intervals and the protocol's
+    own numbers left out; a nested block such as ``long_horizon`` as ``test/<protocol>/long_horizon/<key>``) and the
+    last value of each ``val/*`` metric."""
     out = {}
-    evaluation = dict(run.evaluation or {})
-    for block, values in list(evaluation.items()):
-        if isinstance(values, dict):
-            evaluation.update({f"{block}/{k}": v for k, v in values.items()})
-    for key, value in evaluation.items():
-        if is_number(value) and key not in EVAL_META and not key.endswith("_ci95"):
-            out[f"test/{key}"] = value
+    for protocol, result in sorted(run.evaluations.items()):
+        evaluation = dict(result)
+        for block, values in list(evaluation.items()):
+            if isinstance(values, dict) and block != "protocol":
+                evaluation.update({f"{block}/{k}": v for k, v in values.items()})
+        for key, value in evaluation.items():
+            if is_number(value) and key not in EVAL_META and not key.endswith("_ci95"):
+                out[f"test/{protocol}/{key}"] = value
     for record in run.records:
         out.update({k: v for k, v in record.items() if k.startswith("val/") and is_number(v)})
     return out
