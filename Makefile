@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train evaluate data test test-all lint bench sweep report clean
+.PHONY: install train evaluate data test test-all lint bench sweep study report clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ sweep: $(STAMP)
 		--set kl.ratio=0.5 --set train.epochs=8 --set train.iters_per_epoch=40 --set data.batch_size=8 \
 		--set train.val_sequences=32 $(ARGS)
 	$(BIN)/python entrypoints/report.py runs/sweep-annealing
+
+## the study (docs/study.md): annealing, teacher forcing, learning rate and beta over 3 seeds each, offline on the
+## study preset, test evaluation under the seed and svg protocols, reports and verdicts in runs/study (hours on
+## 2 CPU cores; resumes if interrupted); figures and RESULTS.md copied to docs/study/
+study: $(STAMP)
+	$(BIN)/python entrypoints/study.py --out runs/study --figures docs/study $(ARGS)
 
 ## compare a sweep folder or run folders in one HTML page (RUNS=runs/...)
 report: $(STAMP)

@@ -82,7 +82,7 @@ class TeacherForcing(Section):
     start_decay_epoch: float = Field(
         10,
         ge=0,
-        description="epoch, possibly fractional, at which the teacher-forcing ratio starts to decay "
+        description="epoch, possibly fractional, at which the teacher forcing ratio starts to decay "
         "(>= train.epochs: never)",
     )
     decay_step: float | None = Field(
@@ -163,7 +163,7 @@ class Experiment(BaseModel):
         return self
 
 
-PRESETS = ("seed", "svg", "cpu", "smoke")
+PRESETS = ("seed", "svg", "cpu", "study", "smoke")
 
 
 def _read_yaml(source: str) -> dict[str, Any]:

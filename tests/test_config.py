@@ -8,6 +8,9 @@ def test_presets_load_and_differ():
     seed, cpu = load_experiment("seed"), load_experiment("cpu")
     assert seed.model.encoder == "vgg64" and seed.train.epochs == 300 and seed.data.batch_size == 12
     assert cpu.model.encoder == "dcgan64"
+    study = load_experiment("study")  # the cpu preset at a shorter budget, nothing else
+    assert study.model == cpu.model and study.kl == cpu.kl and study.tfr == cpu.tfr and study.optim == cpu.optim
+    assert study.data == cpu.data and study.train.iters_per_epoch < cpu.train.iters_per_epoch
 
 
 def test_agent_spellings_parse_into_the_config():

@@ -47,7 +47,14 @@ def test_every_sweep_yaml_passes_the_engine_schema(path, monkeypatch):
     assert config["program"] == "entrypoints/train.py"
     assert config["command"] == ["${env}", "${interpreter}", "${program}", "${args}"]
     assert config["metric"] == {"name": "val/psnr_best", "goal": "maximize"}
-    assert config["parameters"]["config"] == {"value": "smoke" if path.name == "smoke.yaml" else "cpu"}
+    preset = "smoke" if path.name == "smoke.yaml" else "study" if path.name.startswith("study-") else "cpu"
+    assert config["parameters"]["config"] == {"value": preset}
+    if path.name.startswith("study-"):  # seeds first: a capped or interrupted grid still holds whole seeds
+        assert list(config["parameters"])[1] == "train.seed" and config["parameters"]["train.seed"]["values"] == [
+            1,
+            2,
+            3,
+        ]
 
 
 def test_a_schema_violation_exits_2_naming_it(tmp_path):

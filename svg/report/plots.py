@@ -66,3 +66,30 @@ def plot_curves(runs: list[Run], out_dir: Path) -> list[tuple[str, Path, str]]:
         fig.savefig(path, dpi=110)
         made.append(("PSNR per predicted frame", path, "how fast each model's predictions drift from the truth"))
     return made
+
+
+def plot_settings(settings: list, panels: list[tuple[str, str]], path: Path, title: str) -> Path:
+    """One panel per (metric, axis label): each setting's mean over seeds with its 95% interval as an error bar
+    (``svg.report.study.Setting``), the seeds as dots; a seed-protocol PSNR panel also shows copy-last dashed."""
+    from matplotlib.figure import Figure
+
+    from svg.report.stats import mean_ci
+
+    fig = Figure(figsize=(3.3 * len(panels), 3.6), layout="constrained")
+    fig.suptitle(title, fontsize=11)
+    for ax, (metric, label) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
+        for i, setting in enumerate(settings):
+            values = list(setting.by_seed.get(metric, {}).values())
+            if not values:
+                continue
+            iv = mean_ci(values)
+            ax.errorbar([i], [iv.mean], yerr=[[iv.half or 0.0]], fmt="o", color="C0", capsize=4)
+            ax.plot([i] * len(values), values, ".", color="0.55", markersize=4)
+            base = list(setting.by_seed.get(metric.replace("/psnr", "/copy_last_psnr"), {}).values())
+            if metric.endswith("/psnr") and base:
+                ax.hlines(sum(base) / len(base), i - 0.35, i + 0.35, colors="C3", linestyles="--", linewidth=1)
+        ax.set_xticks(range(len(settings)), [s.label.replace(",", "\n") for s in settings], fontsize=6.5)
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    fig.savefig(path, dpi=100)
+    return path

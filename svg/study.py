@@ -1,0 +1,219 @@
+"""The study: the seed report's three questions and one of the project's own, each a sweep YAML over seeds
+(``sweeps/study-*.yaml``) run offline, every finished trial's final checkpoint scored on the test split under the
+``seed`` and ``svg`` protocols, one report page per study, and the verdicts, decided by the rules below, which
+were written before any study run (docs/study.md states them for readers).
+
+Resumable at every level: a sweep goes on from its ``sweep.json`` (interrupted trials resume from their
+checkpoints), an evaluation already written for the trial's final checkpoint is kept.
+
+Rules (M: the seed protocol's test PSNR, mean over the first 10 predicted frames; intervals are 95% t-intervals
+over seeds, paired by seed between settings; ``svg.report.stats``):
+- annealing, "monotonic beats cyclical", at each beta_max: reproduced if the paired interval of monotonic minus
+  cyclical in M lies above 0; not reproduced if it lies below the claimed 0.44 dB gain's CLAIM_MARGIN (0.2 dB);
+  else inconclusive.
+- teacher forcing: a start fails if M's mean interval lies below copy-last, or its paired interval against the
+  best start lies below -2 dB; it succeeds if it lies above copy-last and above -2 dB; else unclear. "A decay from
+  epoch 0 fails while a start at 4% succeeds": reproduced if both hold, not reproduced if start 0 succeeds, else
+  inconclusive.
+- learning rate, "it matters": at the full budget, reproduced if the paired interval of 2e-3 minus 2e-4 in M
+  excludes 0, not reproduced if it lies within +-CLAIM_MARGIN, else inconclusive; the half budget's interval tells
+  "slower" (the gap shrinks with budget) from "worse".
+- beta_max: no claim; per value the active units, KL and best-of-100 minus mean-of-100 (svg protocol); the
+  posterior counts as collapsed where the mean active units are below 1.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from svg.report.collect import collect, varied
+from svg.report.html import write_report
+from svg.report.plots import plot_settings
+from svg.report.stats import Interval, mean_ci, paired_diff
+from svg.report.study import Setting, group
+from svg.sweeps import SWEEP_FILE, SweepRunner, load_sweep
+
+STUDIES = ("annealing", "tfr", "lr", "beta")
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+PROTOCOLS = ("seed", "svg")
+CLAIM_MARGIN = 0.2  # dB: an advantage below this is no advantage
+FAIL_MARGIN = 2.0  # dB under the best teacher-forcing start: a failure (the issue's rule)
+M, COPY_LAST = "test/seed/psnr", "test/seed/copy_last_psnr"
+PANELS = [
+    (M, "test PSNR, 10 frames, seed protocol (dB)"),
+    ("test/svg/psnr_best_of_n", "best of 100, 28 frames, svg protocol (dB)"),
+    ("test/svg/best_minus_mean", "best of 100 minus mean (dB)"),
+    ("test/svg/active_units", "active latent units"),
+]
+
+
+def run_study(out: Path, studies: tuple[str, ...], parallel: int, svg_sequences: int | None, say=print) -> dict:
+    """Run (or resume) each study's sweep, evaluate its finished trials, write its report; return the verdicts,
+    also written to OUT/results.json and OUT/RESULTS.md."""
+    for name in studies:
+        folder = out / name
+        config = load_sweep(SWEEPS / f"study-{name}.yaml")
+        say(f"study {name}: sweep in {folder}")
+        runner = SweepRunner(config, folder, parallel=parallel, resume=(folder / SWEEP_FILE).exists(), source=name)
+        record = runner.run()
+        for trial in record["trials"]:
+            if trial["state"] == "finished":
+                evaluate_trial(folder / trial["id"], svg_sequences, say)
+        write_report([folder], folder / "report", title=f"Study: {config['name']}")
+        plot_settings(_settings(folder), PANELS, out / f"study-{name}.png", f"{config['name']}: mean ± 95% over seeds")
+    results = decide(out, studies)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "RESULTS.md").write_text(markdown(results))
+    return results
+
+
+def evaluate_trial(run_dir: Path, svg_sequences: int | None, say=print) -> None:
+    """Both protocols on the trial's final checkpoint, unless already written for this very checkpoint."""
+    from svg.evaluator import Options, evaluate_checkpoint
+
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    for protocol in PROTOCOLS:
+        path = run_dir / "eval" / f"test-{protocol}.json"
+        if path.exists() and path.stat().st_mtime >= checkpoint.stat().st_mtime:
+            continue
+        limit = svg_sequences if protocol == "svg" else None
+        say(f"  evaluate {run_dir.name} ({protocol} protocol{f', {limit} sequences' if limit else ''})")
+        evaluate_checkpoint(checkpoint, path, Options(protocol=protocol, limit=limit, progress=False))
+
+
+def _settings(folder: Path) -> list[Setting]:
+    runs, searched, _ = collect([folder])
+    return group(runs, varied(runs, searched))
+
+
+def _find(settings: list[Setting], **values) -> Setting | None:
+    return next((s for s in settings if all(s.values.get(k) == v for k, v in values.items())), None)
+
+
+def _iv(interval: Interval | None) -> dict | None:
+    return None if interval is None else {"mean": interval.mean, "half": interval.half, "n": interval.n}
+
+
+def _above(interval: Interval | None, x: float) -> bool:
+    return interval is not None and interval.low is not None and interval.low > x
+
+
+def _below(interval: Interval | None, x: float) -> bool:
+    return interval is not None and interval.high is not None and interval.high < x
+
+
+def _diff(a: Setting | None, b: Setting | None, metric: str = M) -> Interval | None:
+    return None if a is None or b is None else paired_diff(a.by_seed.get(metric, {}), b.by_seed.get(metric, {}))
+
+
+def annealing(settings: list[Setting]) -> dict:
+    out = {}
+    for beta in sorted({s.values.get("kl.beta_max") for s in settings}):
+        d = _diff(_find(settings, **{"kl.beta_max": beta, "kl.mode": "monotonic"}),
+                  _find(settings, **{"kl.beta_max": beta, "kl.mode": "cyclical"}))  # fmt: skip
+        verdict = "reproduced" if _above(d, 0) else "not reproduced" if _below(d, CLAIM_MARGIN) else "inconclusive"
+        out[f"beta_max={beta}"] = {"monotonic_minus_cyclical": _iv(d), "verdict": verdict}
+    return out
+
+
+def teacher_forcing(settings: list[Setting]) -> dict:
+    means = {s.values.get("tfr.start_decay_epoch"): s for s in settings if s.by_seed.get(M)}
+    if not means:
+        return {"verdict": "inconclusive", "starts": {}}
+    best = max(means.values(), key=lambda s: mean_ci(list(s.by_seed[M].values())).mean)
+    starts = {}
+    for start, setting in means.items():
+        level = mean_ci(list(setting.by_seed[M].values()))
+        copy_last = mean_ci(list(setting.by_seed.get(COPY_LAST, {0: float("nan")}).values())).mean
+        gap = _diff(setting, best) if setting is not best else None
+        fails = _below(level, copy_last) or _below(gap, -FAIL_MARGIN)
+        succeeds = _above(level, copy_last) and (setting is best or _above(gap, -FAIL_MARGIN))
+        outcome = "fails" if fails else "succeeds" if succeeds else "unclear"
+        starts[str(start)] = {"psnr": _iv(level), "copy_last": copy_last, "minus_best": _iv(gap), "outcome": outcome}
+    at_once, early = starts.get("0.0", starts.get("0", {})), starts.get("0.4", {})
+    if at_once.get("outcome") == "fails" and early.get("outcome") == "succeeds":
+        verdict = "reproduced"
+    elif at_once.get("outcome") == "succeeds":
+        verdict = "not reproduced"
+    else:
+        verdict = "inconclusive"
+    return {"verdict": verdict, "best_start": best.values.get("tfr.start_decay_epoch"), "starts": starts}
+
+
+def learning_rate(settings: list[Setting]) -> dict:
+    budgets = sorted({s.values.get("train.epochs") for s in settings})
+    gaps = {
+        budget: _diff(
+            _find(settings, **{"train.epochs": budget, "optim.lr": 0.002}),
+            _find(settings, **{"train.epochs": budget, "optim.lr": 0.0002}),
+        )  # fmt: skip
+        for budget in budgets
+    }
+    full = gaps[budgets[-1]] if budgets else None
+    if full is not None and (_above(full, 0) or _below(full, 0)):
+        verdict = "reproduced"
+    elif _above(full, -CLAIM_MARGIN) and _below(full, CLAIM_MARGIN):
+        verdict = "not reproduced"
+    else:
+        verdict = "inconclusive"
+    return {"verdict": verdict, "lr_2e-3_minus_2e-4": {f"epochs={b}": _iv(g) for b, g in gaps.items()}}
+
+
+def beta_range(settings: list[Setting]) -> dict:
+    rows = {}
+    for setting in sorted(settings, key=lambda s: -s.values.get("kl.beta_max", 0)):
+        figures = {
+            key: _iv(mean_ci(list(setting.by_seed[metric].values())))
+            for key, metric in (
+                ("active_units", "test/svg/active_units"),
+                ("kl", "test/svg/kl"),
+                ("best_minus_mean", "test/svg/best_minus_mean"),
+                ("psnr", M),
+                ("psnr_best_of_100", "test/svg/psnr_best_of_n"),
+            )  # fmt: skip
+            if setting.by_seed.get(metric)
+        }
+        units = figures.get("active_units")
+        rows[f"beta_max={setting.values.get('kl.beta_max')}"] = {
+            **figures,
+            "collapsed": units is not None and units["mean"] < 1,
+        }
+    return rows
+
+
+DECIDERS = {"annealing": annealing, "tfr": teacher_forcing, "lr": learning_rate, "beta": beta_range}
+
+
+def decide(out: Path, studies: tuple[str, ...]) -> dict:
+    """Each study's verdicts from its finished and evaluated trials."""
+    return {name: DECIDERS[name](_settings(out / name)) for name in studies if (out / name).is_dir()}
+
+
+def markdown(results: dict) -> str:
+    """The verdicts as the Markdown the README's Results section quotes."""
+
+    def fmt(iv: dict | None) -> str:
+        if iv is None:
+            return "–"
+        half = "" if iv["half"] is None else f" ± {iv['half']:.2f}"
+        return f"{iv['mean']:+.2f}{half} (n={iv['n']})"
+
+    lines = ["# Study results", ""]
+    for name, result in results.items():
+        lines.append(f"## {name}")
+        if name == "annealing":
+            lines += [f"- {k}: monotonic − cyclical {fmt(v['monotonic_minus_cyclical'])} dB: **{v['verdict']}**"
+                      for k, v in result.items()]  # fmt: skip
+        elif name == "tfr":
+            lines.append(f"- verdict: **{result['verdict']}** (best start {result.get('best_start')})")
+            lines += [f"- start {k}: PSNR {fmt(v['psnr'])}, copy-last {v['copy_last']:.2f}, minus best "
+                      f"{fmt(v['minus_best'])}: {v['outcome']}" for k, v in result["starts"].items()]  # fmt: skip
+        elif name == "lr":
+            lines.append(f"- verdict: **{result['verdict']}**")
+            lines += [f"- {k}: 2e-3 − 2e-4 {fmt(v)} dB" for k, v in result["lr_2e-3_minus_2e-4"].items()]
+        else:
+            lines += [f"- {k}: " + ", ".join(f"{m} {fmt(v)}" for m, v in row.items() if m != "collapsed")
+                      + (" (collapsed)" if row["collapsed"] else "") for k, row in result.items()]  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
