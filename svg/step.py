@@ -9,6 +9,8 @@ steps stays exact.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,10 +27,11 @@ def to_model_layout(frames: torch.Tensor, cond: torch.Tensor, rt: Runtime) -> tu
 
     One copy, made in uint8 before the conversion to float, into the layout the convolutions use:
     channels-last memory (a view of (T, B, H, W, 3)) or NCHW. Flattening time into the batch is then
-    a view, never another copy."""
+    a view, never another copy. Floats are torch's default dtype (float32 unless a test asks for float64)."""
+    dtype = torch.get_default_dtype()
     x = frames.to(rt.device, non_blocking=True).transpose(0, 1)
     x = x.contiguous().permute(0, 1, 4, 2, 3) if rt.channels_last else x.permute(0, 1, 4, 2, 3).contiguous()
-    return x.float().div_(255.0), cond.to(rt.device, non_blocking=True).transpose(0, 1).float()
+    return x.to(dtype).div_(255.0), cond.to(rt.device, non_blocking=True).transpose(0, 1).to(dtype)
 
 
 def make_optimizer(model: SVG, optim: Optim) -> torch.optim.Adam:
@@ -76,7 +79,7 @@ def forward(
     n_past: int,
     teacher_forcing: bool,
     eps: torch.Tensor,
-    beta: float,
+    beta: float | torch.Tensor,
     rt: Runtime,
     free_bits: float = 0.0,
 ) -> tuple[torch.Tensor, StepResult]:
@@ -89,21 +92,29 @@ def forward(
     return res.nll + beta * kl, res
 
 
-def train_step(
+def objective(
     parts: Parts,
     x: torch.Tensor,
     c: torch.Tensor,
     n_past: int,
     teacher_forcing: bool,
     eps: torch.Tensor,
-    beta: float,
-) -> StepFigures:
-    """One optimizer step on a batch already in the model's layout (``to_model_layout``)."""
+    beta: float | torch.Tensor,
+) -> tuple[torch.Tensor, StepFigures]:
+    """The loss to differentiate and the step's figures (detached, taken before the backward): the part
+    of the step that ``CompiledStep`` compiles."""
     parts.model.train()
     loss, res = forward(parts.forward, x, c, n_past, teacher_forcing, eps, beta, parts.rt, parts.free_bits)
-    finite = torch.isfinite(loss)
+    n = res.steps
+    detached = loss.detach().float()
+    return loss, StepFigures(
+        detached / n, res.mse.detach() / n, res.kld.detach() / n, res.kld_per_dim, torch.isfinite(loss)
+    )
+
+
+def update(parts: Parts, loss: torch.Tensor, fig: StepFigures) -> None:
+    """Backward, clipping and the optimizer update; a non-finite loss skips the update on the device."""
     opt, scaler = parts.optimizer, parts.scaler
-    opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if parts.grad_clip is not None:
         scaler.unscale_(opt)
@@ -112,11 +123,109 @@ def train_step(
         scaler.step(opt)  # the scaler finds the infinities itself, on the device
         scaler.update()
     else:
-        opt.found_inf = (~finite).float()
+        opt.found_inf = (~fig.finite).float()
         opt.step()
-    n = res.steps
-    detached = loss.detach().float()
-    return StepFigures(detached / n, res.mse.detach() / n, res.kld.detach() / n, res.kld_per_dim, finite)
+
+
+def train_step(
+    parts: Parts,
+    x: torch.Tensor,
+    c: torch.Tensor,
+    n_past: int,
+    teacher_forcing: bool,
+    eps: torch.Tensor,
+    beta: float | torch.Tensor,
+) -> StepFigures:
+    """One optimizer step on a batch already in the model's layout (``to_model_layout``); ``beta`` a
+    number or a 0-d tensor on the device."""
+    parts.optimizer.zero_grad(set_to_none=True)
+    loss, fig = objective(parts, x, c, n_past, teacher_forcing, eps, beta)
+    update(parts, loss, fig)
+    return fig
+
+
+COMPILE_MODES = ("off", "default", "reduce-overhead")
+"""``train.compile``: eager, torch.compile (inductor), or torch.compile with CUDA graphs."""
+
+Step = Callable[[torch.Tensor, torch.Tensor, int, bool, torch.Tensor, float], StepFigures]
+"""(frames, cond, n_past, teacher_forcing, eps, beta) -> figures, from loader batches."""
+
+
+def eager_step(parts: Parts) -> Step:
+    """The step as it always ran: layout conversion, then ``train_step``, op by op."""
+
+    def step(frames, cond, n_past, teacher_forcing, eps, beta) -> StepFigures:
+        x, c = to_model_layout(frames, cond, parts.rt)
+        return train_step(parts, x, c, n_past, teacher_forcing, eps, beta)
+
+    return step
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+class CompiledStep:
+    """The same step with its layout conversion, forward and figures under torch.compile.
+
+    What is compiled is one graph per teacher forcing branch (``teacher_forcing`` and ``n_past`` are
+    Python values decided outside the step), and AOTAutograd derives its backward graph. With
+    ``reduce-overhead`` on CUDA both replay as CUDA graphs, so the ~3,100 kernel launches of the eager
+    step become two graph launches plus the update's few kernels: ``update`` runs as in the eager step
+    (foreach clipping, fused Adam reading ``found_inf`` on the device), outside the graphs, since dynamo
+    neither traces fused Adam nor carries ``found_inf`` into it (a non-finite step would then update).
+    The graphs read static device buffers that each step fills with asynchronous copies of the
+    (pinned) batch and noise, and beta as a 0-d tensor filled in place, so neither a new batch nor a new
+    beta means a new graph. Nothing in the step waits for the host.
+
+    Where CUDA graphs cannot run (a CPU, several processes) ``reduce-overhead`` runs as ``default``,
+    with a warning said once; ``mode`` says which ran."""
+
+    def __init__(self, parts: Parts, mode: str):
+        if mode not in COMPILE_MODES[1:]:
+            raise ValueError(f"train.compile: {mode!r} is not a compiled mode ({', '.join(COMPILE_MODES[1:])})")
+        rt = parts.rt
+        if mode == "reduce-overhead" and (rt.device.type != "cuda" or rt.world_size > 1):
+            where = "a CPU" if rt.device.type != "cuda" else "several processes (DDP)"
+            _warn_once(f"train.compile=reduce-overhead runs as default on {where}: no CUDA graphs")
+            mode = "default"
+        self.parts, self.mode = parts, mode
+        self.graphs = mode == "reduce-overhead"
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._beta = self._buffer("beta", (), torch.float32)
+        self._objective = torch.compile(self._body, mode=None if mode == "default" else mode, dynamic=False)
+
+    def _body(self, frames, cond, eps, beta, n_past: int, teacher_forcing: bool):
+        x, c = to_model_layout(frames, cond, self.parts.rt)
+        return objective(self.parts, x, c, n_past, teacher_forcing, eps, beta)
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """This step's device buffer ``name`` of that shape and dtype, at an address the graphs keep."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = torch.zeros(shape, dtype=dtype, device=self.parts.rt.device)
+            torch._dynamo.mark_static_address(buf)
+            self._buffers[name] = buf
+        return buf
+
+    def __call__(self, frames, cond, n_past, teacher_forcing, eps, beta) -> StepFigures:
+        self.parts.optimizer.zero_grad(set_to_none=True)  # before the graphs: no gradient of theirs is held
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs were read: reuse them
+            frames, cond, eps = (
+                self._buffer(name, v.shape, v.dtype).copy_(v, non_blocking=True)  # pinned batches: asynchronous
+                for name, v in (("frames", frames), ("cond", cond), ("eps", eps))
+            )
+        beta_t = self._beta.fill_(float(beta))  # a kernel argument: no copy from the host
+        loss, fig = self._objective(frames, cond, eps, beta_t, n_past, bool(teacher_forcing))
+        update(self.parts, loss, fig)
+        return fig
+
+
+def make_step(parts: Parts, compile_mode: str = "off") -> Step:
+    """The trainer's and the bench's step for ``train.compile``: eager, or compiled (``CompiledStep``)."""
+    return eager_step(parts) if compile_mode == "off" else CompiledStep(parts, compile_mode)
 
 
 class Sums:

@@ -30,7 +30,7 @@ from svg.media import write_gif, write_strip
 from svg.models import SVG
 from svg.runtime import setup_runtime
 from svg.schedules import beta, teacher_forcing_ratio
-from svg.step import Divergence, Parts, Sums, make_optimizer, to_model_layout, train_step
+from svg.step import Divergence, Parts, Sums, make_optimizer, make_step
 from svg.tracking import METRICS_FILE, Tracker
 
 
@@ -101,9 +101,7 @@ class Trainer:
             self.divergence.counts.copy_(state["divergence"])
             set_rng_state(state["rng"], self.tf_gen)
             run_id = state["wandb_id"]
-        if cfg.compile:
-            self.model.encoder.compile()
-            self.model.decoder.compile()
+        self.step = make_step(self.parts, cfg.compile)  # eager, compiled, or replayed as CUDA graphs
 
         self.tracker = Tracker(exp, out, run_id=run_id, enabled=rt.main)
         if rt.main and resume is not None:
@@ -165,10 +163,10 @@ class Trainer:
                     progress = math.floor(progress)
                 b, tfr = beta(progress, cfg.epochs, exp.kl), teacher_forcing_ratio(progress, cfg.epochs, exp.tfr)
                 frames, cond = next(batches)
-                x, c = to_model_layout(frames[:, : self.seq_len], cond[:, : self.seq_len], rt)
-                teacher_forcing = bool(torch.rand((), generator=self.tf_gen) < tfr)
-                eps = torch.randn(self.seq_len - 1, x.shape[1], exp.model.z_dim, device=rt.device)
-                fig = train_step(self.parts, x, c, cfg.n_past, teacher_forcing, eps, b)
+                frames, cond, batch = frames[:, : self.seq_len], cond[:, : self.seq_len], frames.shape[0]
+                teacher_forcing = bool(torch.rand((), generator=self.tf_gen) < tfr)  # a Python bool: one graph each
+                eps = torch.randn(self.seq_len - 1, batch, exp.model.z_dim, device=rt.device)
+                fig = self.step(frames, cond, cfg.n_past, teacher_forcing, eps, b)
                 for sums in (self.window, self.epoch_sums):
                     sums.add(fig, teacher_forcing)
                 self.divergence.add(fig.finite)
@@ -176,7 +174,7 @@ class Trainer:
                 bar.update()
                 if self.iteration % cfg.log_every == 0 or self.iteration % cfg.iters_per_epoch == 0:
                     elapsed = time.perf_counter() - window_start
-                    seqs = (self.iteration - window_iter) * x.shape[1] * rt.world_size
+                    seqs = (self.iteration - window_iter) * batch * rt.world_size
                     self._log_window(int(progress), b, tfr, seqs / elapsed, bar)
                     window_start, window_iter = time.perf_counter(), self.iteration
                 if self.iteration % cfg.iters_per_epoch == 0:

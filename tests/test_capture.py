@@ -1,0 +1,125 @@
+"""The compiled training step (``train.compile``): it trains exactly as the eager step, one graph per
+teacher forcing branch with no graph break, a non-finite loss still skips the update; ``reduce-overhead``
+(CUDA graphs) runs as ``default`` on a CPU; the CUDA runtime choices rest on the H100 measurement."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+from svg.config import Model, Optim, Train, load_experiment
+from svg.errors import SvgError
+from svg.models import SVG
+from svg.runtime import Runtime, resolve_channels_last, resolve_precision
+from svg.step import CompiledStep, Parts, _warn_once, make_optimizer, make_step, to_model_layout, train_step
+
+CPU = Runtime(torch.device("cpu"), None, channels_last=False)
+
+
+def tiny(prior: str = "learned") -> SVG:
+    torch.manual_seed(0)
+    return SVG(Model(encoder="dcgan64", channels=8, g_dim=16, z_dim=4, rnn_size=16, prior=prior))
+
+
+def batch(b: int = 3, steps: int = 6, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randint(0, 256, (b, steps, 64, 64, 3), dtype=torch.uint8, generator=g)
+    return frames, torch.randn(b, steps, 7, generator=g), torch.randn(4, steps - 1, b, 4, generator=g)
+
+
+@pytest.mark.parametrize(("given", "means"), [(True, "default"), (False, "off"), ("True", "default"),
+                                              ("false", "off"), ("reduce-overhead", "reduce-overhead")])  # fmt: skip
+def test_compile_accepts_the_modes_and_the_old_booleans(given, means):
+    assert load_experiment("smoke", {"train.compile": given}).train.compile == means
+
+
+def test_an_unknown_compile_mode_is_named():
+    with pytest.raises(SvgError, match=r"^train\.compile: .*'reduce-overhead'.*\(got 'max'\)$"):
+        load_experiment("smoke", {"train.compile": "max"})
+
+
+def test_cuda_auto_precision_is_fp32_and_channels_last_only_helps_eager_autocast():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_precision("auto", cuda) == "fp32" and resolve_precision("bf16", cuda) == "bf16"
+    assert resolve_channels_last(Train(channels_last=True), cuda, "fp32") is False
+    assert resolve_channels_last(Train(channels_last=True), cuda, "bf16") is True
+    assert resolve_channels_last(Train(channels_last=False), cuda, "bf16") is False
+    with pytest.warns(UserWarning, match="channels_last=false"):
+        assert resolve_channels_last(Train(channels_last=True, compile="default"), cuda, "bf16") is False
+    for compile_mode in ("off", "reduce-overhead"):  # the CPU follows the setting
+        assert resolve_channels_last(Train(channels_last=True, compile=compile_mode), cpu, "fp32") is True
+
+
+def test_the_eager_step_is_the_train_step():
+    frames, cond, eps = batch()
+    models = [tiny("fixed") for _ in range(2)]
+    parts = [Parts(m, make_optimizer(m, Optim()), CPU) for m in models]
+    via_make = make_step(parts[0], "off")(frames, cond, 2, False, eps[0], 1e-3)
+    x, c = to_model_layout(frames, cond, CPU)
+    direct = train_step(parts[1], x, c, 2, False, eps[0], 1e-3)
+    assert via_make.loss.item() == direct.loss.item()
+    assert all(torch.equal(p, q) for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True))
+
+
+def test_reduce_overhead_runs_as_default_on_a_cpu_with_one_warning():
+    model = tiny()
+    parts = Parts(model, make_optimizer(model, Optim()), CPU)
+    _warn_once.cache_clear()
+    with pytest.warns(UserWarning, match="reduce-overhead runs as default on a CPU") as caught:
+        step = make_step(parts, "reduce-overhead")
+        make_step(parts, "reduce-overhead")
+    assert isinstance(step, CompiledStep) and step.mode == "default" and not step.graphs
+    assert len([w for w in caught if "reduce-overhead" in str(w.message)]) == 1
+    with pytest.raises(ValueError, match="train.compile"):
+        CompiledStep(parts, "off")
+
+
+@pytest.fixture
+def float64():
+    """float64 weights and batches: float32 rounding of gradients that are mathematically zero (the
+    convolution biases before batch norm) would otherwise flip Adam's first steps by +-lr."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("teacher_forcing", [True, False])
+def test_compiled_step_trains_as_the_eager_step(float64, teacher_forcing):
+    """Learned prior, gradient clipping, beta changing every step: losses, weights, Adam's moments and
+    the batch-norm statistics after each step equal the eager step's, from one graph without breaks."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    frames, cond, eps = batch()
+    initial = tiny("learned")
+    runs = {}
+    for mode in ("off", "reduce-overhead"):
+        model = copy.deepcopy(initial)
+        parts = Parts(model, make_optimizer(model, Optim(grad_clip=0.5)), CPU)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            step = make_step(parts, mode)
+        losses, states = [], []
+        for i in range(3):
+            losses.append(step(frames, cond, 2, teacher_forcing, eps[i], 1e-4 * (i + 1)).loss.item())
+            states.append([t.detach().clone() for t in (*model.parameters(), *model.buffers())])
+        states.append([s["exp_avg_sq"].clone() for s in parts.optimizer.state.values()])
+        before = [p.detach().clone() for p in model.parameters()]
+        skipped = step(frames, cond, 2, teacher_forcing, torch.full_like(eps[3], float("nan")), 1e-4)
+        assert not skipped.finite.item()
+        assert all(torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))
+        runs[mode] = losses, states
+    (eager_losses, eager_states), (compiled_losses, compiled_states) = runs["off"], runs["reduce-overhead"]
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+    assert len(set(eager_losses)) == 3  # the weights moved
+    for eager, compiled in zip(eager_states, compiled_states, strict=True):
+        for a, b in zip(eager, compiled, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-9)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 1  # one branch, beta and the batch change without recompiling
