@@ -32,7 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="= --train.precision")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="= --train.channels_last")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="= --train.compile")
+    parser.add_argument(
+        "--compile", nargs="?", const="default", choices=["off", "default", "reduce-overhead"],
+        help="= --train.compile (alone: default)",
+    )  # fmt: skip
+    parser.add_argument("--no-compile", dest="compile", action="store_const", const="off", help="= --compile off")
+    parser.add_argument(
+        "--captured", action="store_true",
+        help="also time the captured step (train.compile=reduce-overhead: CUDA graphs; compile default on a CPU)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=at_least(1), help="= --train.threads")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= --train.device")
     parser.add_argument("--batch-size", type=at_least(1), help="= --data.batch_size")
@@ -56,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variant", action="append", default=[], metavar="K=V[,K=V]",
         help="an extra arm timed in the same alternation: step=project|reference, precision=auto|fp32|bf16|fp16, "
-        "channels_last=true|false, compile=true|false (repeatable)",
+        "channels_last=true|false, compile=off|default|reduce-overhead (repeatable)",
     )  # fmt: skip
     add_experiment_arguments(parser)
     parser.set_defaults(config=None)
@@ -82,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             steps=args.steps, warmup=args.warmup, teacher_forcing=args.teacher_forcing == "on",
             reference=not args.no_reference, eval_batches=args.eval_batches, loader_batches=args.loader_batches,
             loader_workers=args.loader_workers, data_root=args.data_root, step_data=args.step_data,
-            variants=tuple(args.variant),
+            variants=tuple(args.variant), captured=args.captured,
         )  # fmt: skip
         report = run(exp, opts, preset=Path(args.config).stem)
         out = args.out or Path("bench") / f"{Path(args.config).stem}-{report['device'].split(':')[0]}.json"

@@ -12,7 +12,7 @@ from conftest import run_entrypoint
 
 from svg.bench.arms import REFERENCE, Setting, alternate, count_flops, make_arm
 from svg.bench.loaders import step_batches
-from svg.bench.machine import cpu_peak_flops, peak_memory
+from svg.bench.machine import cpu_peak_flops, mfu, peak_memory
 from svg.config import load_experiment
 from svg.models import SVG
 from svg.runtime import Runtime
@@ -25,7 +25,7 @@ TOP_KEYS = {
 ARM_KEYS = {
     "step_time_s", "step_time_mean_s", "step_time_min_s", "step_times_s", "warmup_times_s", "steps_per_s",
     "train_seq_per_s", "flops_per_step", "flop_per_s", "epoch_time_s", "seed_epoch_time_s", "precision",
-    "channels_last", "compile", "peak_memory_bytes", "step_memory_bytes", "memory_source",
+    "channels_last", "compile", "peak_memory_bytes", "step_memory_bytes", "memory_source", "compile_ran", "mfu",
 }  # fmt: skip
 
 
@@ -57,6 +57,35 @@ def test_report_has_the_documented_keys_and_figures(report):
     assert r["loader"]["cache"]["seq_per_s"] > 0 and r["loader"]["png"]["seq_per_s"] > 0
     assert len(r["load_average"]["before"]) == 3 and r["machine"]["threads"] == 1
     assert "speed-up" in stdout and "variant" in stdout
+    for arm in (r["project"], r["reference"], variant):  # no tensor-core peak on a CPU: null, with the reason
+        assert arm["mfu"] is None and "cpu" in arm["mfu_reason"] and arm["compile"] == arm["compile_ran"] == "off"
+
+
+def test_mfu_divides_by_the_dense_peak_of_the_precision_that_ran():
+    h100 = mfu(98.94e12, "cuda", "NVIDIA H100 80GB HBM3", "bf16")
+    assert h100["mfu"] == pytest.approx(0.1) and "H100 SXM" in h100["mfu_basis"]
+    assert mfu(37.8e12, "cuda", "NVIDIA H100 PCIe", "fp32")["mfu"] == pytest.approx(0.1)  # TF32 peak
+    assert mfu(15.6e12, "cuda", "NVIDIA A100-SXM4-80GB", "fp32")["mfu"] == pytest.approx(0.1)
+    assert "H200" in mfu(1e12, "cuda", "NVIDIA H200", "bf16")["mfu_basis"]
+    unknown = mfu(1e12, "cuda", "NVIDIA GeForce RTX 4090", "bf16")
+    assert unknown["mfu"] is None and "RTX 4090" in unknown["mfu_reason"]
+    assert mfu(1e12, "cpu", None, "fp32")["mfu"] is None
+
+
+@pytest.mark.slow
+def test_captured_arm_runs_as_compile_default_on_a_cpu_and_says_so(tmp_path):
+    out = tmp_path / "captured.json"
+    proc = run_entrypoint(
+        "bench", "--config", "smoke", "--steps", "1", "--warmup", "2", "--threads", "1", "--loader-batches", "0",
+        "--eval-batches", "0", "--step-data", "random", "--captured", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    captured = r["captured"]
+    assert captured["compile"] == "reduce-overhead" and captured["compile_ran"] == "default"
+    assert captured["flops_per_step"] == r["project"]["flops_per_step"] and captured["mfu"] is None
+    assert r["speedup_captured_vs_reference"] > 0 and captured["project_over_this"] > 0
+    assert "captured" in proc.stdout and "compile default" in proc.stdout
 
 
 @pytest.mark.parametrize(
@@ -67,6 +96,8 @@ def test_report_has_the_documented_keys_and_figures(report):
         (["--config", "smoke", "--train.precision=fp8"], "precision"),
         (["--config", "smoke", "--variant", "channels_last=false,precision=fp8"], "'precision=fp8'"),
         (["--config", "smoke", "--variant", "colour=red"], "'colour=red'"),
+        (["--config", "smoke", "--variant", "compile=max"], "'compile=max'"),
+        (["--config", "smoke", "--train.compile=max"], "train.compile"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path):

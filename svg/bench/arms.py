@@ -20,13 +20,14 @@ from typing import Any, Literal
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from svg.bench.machine import mfu
 from svg.config import Optim
 from svg.data import COND_DIM, FRAME_SHAPE
 from svg.errors import SvgError
 from svg.models import SVG
 from svg.models.reference import reference_step
 from svg.runtime import AMP_DTYPES, Runtime
-from svg.step import Parts, make_optimizer, to_model_layout, train_step
+from svg.step import CompiledStep, Parts, Step, eager_step, make_optimizer, make_step
 
 SEED_EPOCH_SEQUENCES = 600 * 12
 """One epoch of the seed's setup: 600 iterations of batch 12."""
@@ -34,7 +35,8 @@ SEED_EPOCH_SEQUENCES = 600 * 12
 StepKind = Literal["project", "reference"]
 
 VARIANT_KEYS = {"step": ("project", "reference"), "precision": ("auto", *AMP_DTYPES),
-                "channels_last": ("true", "false"), "compile": ("true", "false")}  # fmt: skip
+                "channels_last": ("true", "false"),
+                "compile": ("off", "default", "reduce-overhead", "true", "false")}  # fmt: skip
 """What ``--variant`` may set, and to what."""
 
 
@@ -47,7 +49,9 @@ def parse_variant(spec: str) -> dict[str, Any]:
         if key not in VARIANT_KEYS or value not in VARIANT_KEYS[key]:
             choices = "; ".join(f"{k}={'|'.join(v)}" for k, v in VARIANT_KEYS.items())
             raise SvgError(f"--variant: {item!r} is not one of {choices}")
-        out[key] = value == "true" if key in ("channels_last", "compile") else value
+        out[key] = value == "true" if key == "channels_last" else value
+    if out.get("compile") in ("true", "false"):
+        out["compile"] = "default" if out["compile"] == "true" else "off"
     return out
 
 
@@ -58,11 +62,14 @@ class Arm:
     name: str
     kind: StepKind
     parts: Parts
-    compile: bool
+    compile: str
+    """``train.compile`` asked for; ``compile_ran`` says what ran (reduce-overhead is default on a CPU)."""
     times: list[float] = field(default_factory=list)
     warmup_times: list[float] = field(default_factory=list)
     flops: int = 0
     memory: dict[str, Any] = field(default_factory=dict)
+    runner: Step | None = None
+    compile_ran: str = "off"
 
     @property
     def model(self) -> SVG:
@@ -79,15 +86,17 @@ class Arm:
     ) -> float:
         """One training step as the trainer runs it, from loader batches; returns the loss, whose reading
         waits for the whole step (the optimizer's kernels were queued before it)."""
-        x, c = to_model_layout(frames, cond, self.parts.rt)
-        return train_step(self.parts, x, c, n_past, teacher_forcing, eps, beta).loss.item()
+        self.runner = self.runner or eager_step(self.parts)
+        return self.runner(frames, cond, n_past, teacher_forcing, eps, beta).loss.item()
 
-    def compile_modules(self) -> None:
-        """torch.compile the encoder and decoder in place, as ``train.compile`` does."""
-        self.model.encoder.compile()
-        self.model.decoder.compile()
+    def compile_step(self) -> None:
+        """From now on step as ``train.compile`` does: ``svg.step.make_step`` with this arm's mode."""
+        self.runner = make_step(self.parts, self.compile)
+        self.compile_ran = self.runner.mode if isinstance(self.runner, CompiledStep) else "off"
 
-    def summary(self, batch: int, iters_per_epoch: int, peak: dict[str, Any] | None) -> dict[str, Any]:
+    def summary(
+        self, batch: int, iters_per_epoch: int, peak: dict[str, Any] | None, gpu: str | None = None
+    ) -> dict[str, Any]:
         median = statistics.median(self.times)
         precision = self.parts.rt.precision
         out: dict[str, Any] = {
@@ -105,7 +114,9 @@ class Arm:
             "precision": precision,
             "channels_last": self.parts.rt.channels_last,
             "compile": self.compile,
+            "compile_ran": self.compile_ran,
             **self.memory,
+            **mfu(self.flops / median, self.parts.rt.device.type, gpu, precision),
         }
         key = "bf16_flop_per_s" if precision == "bf16" and peak and "bf16_flop_per_s" in peak else "fp32_flop_per_s"
         if peak and key in peak:
@@ -120,10 +131,10 @@ class Setting:
     step: StepKind = "project"
     precision: str = "fp32"
     channels_last: bool = False
-    compile: bool = False
+    compile: str = "off"
 
 
-REFERENCE = Setting("reference", "fp32", channels_last=False, compile=False)
+REFERENCE = Setting("reference", "fp32", channels_last=False, compile="off")
 """The seed's step as the seed ran it: per frame, fp32, contiguous, eager."""
 
 

@@ -58,6 +58,33 @@ def cpu_peak_flops(cores: int, mhz: float, flags: set[str], vendor: str = "") ->
     return peak
 
 
+GPU_PEAKS: list[tuple[tuple[str, ...], str, float, float]] = [
+    (("H100", "NVL"), "H100 NVL", 835.5e12, 417.5e12),
+    (("H100", "PCIE"), "H100 PCIe", 756e12, 378e12),
+    (("H100",), "H100 SXM", 989.4e12, 494.7e12),
+    (("H200", "NVL"), "H200 NVL", 835.5e12, 417.5e12),
+    (("H200",), "H200 SXM", 989.4e12, 494.7e12),
+    (("A100",), "A100", 312e12, 156e12),
+]
+"""Dense tensor-core peaks (FLOP/s: bf16/fp16, TF32) from NVIDIA's datasheets (half their with-sparsity
+figures), by what ``torch.cuda.get_device_name`` contains; the first match wins."""
+
+
+def mfu(flop_per_s: float, device: str, gpu: str | None, precision: str) -> dict[str, Any]:
+    """Model FLOP utilisation: counted FLOPs per second over the device's dense peak for the precision
+    that ran (bf16/fp16 autocast: the 16-bit peak; fp32: the TF32 peak, since the runtime turns TF32
+    on for CUDA). None, with the reason, on a CPU or an unknown GPU."""
+    if device != "cuda" or not gpu:
+        return {"mfu": None, "mfu_reason": f"no tensor-core peak for {device}; see fraction_of_peak for a CPU"}
+    name = gpu.upper()
+    for parts, label, half, tf32 in GPU_PEAKS:
+        if all(p in name for p in parts):
+            peak, kind = (half, "bf16/fp16") if precision in ("bf16", "fp16") else (tf32, "TF32")
+            return {"mfu": flop_per_s / peak, "mfu_peak_flop_per_s": peak,
+                    "mfu_basis": f"{label} dense {kind} peak {peak / 1e12:.1f} TFLOP/s (NVIDIA datasheet)"}  # fmt: skip
+    return {"mfu": None, "mfu_reason": f"no dense peak known for {gpu!r}"}
+
+
 def machine(rt: Runtime) -> dict[str, Any]:
     """CPU, flags, threads, torch's vector path, the GPU's name, and (on a CPU run) the peak estimate."""
     info = _cpuinfo()

@@ -47,6 +47,9 @@ class Options:
     """Dataset for the loaders and the step batches; None: a small synthetic set in a temp folder."""
     step_data: Literal["synthetic", "random"] = "synthetic"
     """Step batches from the dataset, or random uint8 frames (no dataset needed when loaders are off)."""
+    captured: bool = False
+    """Also time the captured step: ``train.compile=reduce-overhead`` (CUDA graphs; on a CPU it runs as
+    compile default, and the report says so in ``compile_ran``)."""
     variants: tuple[str, ...] = ()
     """Extra arms timed in the same alternation, e.g. ``precision=bf16,channels_last=false`` or
     ``step=reference,channels_last=true``: A/B tests of the runtime settings under the same drift."""
@@ -64,13 +67,18 @@ class Options:
 
 
 def _arms(exp: Experiment, opts: Options, rt: Runtime) -> list[Arm]:
-    """The project arm, the reference arm (if asked for), then one per variant, all from the same weights."""
+    """The project arm, the reference arm and the captured arm (if asked for), then one per variant, all
+    from the same weights."""
     torch.manual_seed(exp.train.seed)
     initial = SVG.for_experiment(exp).to(rt.device)  # fp32, contiguous: every arm starts from a copy of these weights
     project = Setting("project", rt.precision, rt.channels_last, exp.train.compile)
     settings = [("project", project)]
     if opts.reference:
         settings.append(("reference", REFERENCE))
+    if opts.captured:
+        # channels_last crashed inductor on CUDA (see svg.runtime.resolve_channels_last)
+        cl = project.channels_last and rt.device.type != "cuda"
+        settings.append(("captured", dataclasses.replace(project, compile="reduce-overhead", channels_last=cl)))
     for spec in opts.variants:
         variant = parse_variant(spec)
         if variant.get("precision") == "auto":
@@ -87,7 +95,7 @@ def run(exp: Experiment, opts: Options, preset: str = "") -> dict[str, Any]:
     cfg = exp.train
     batch, seq_len, n_past = exp.data.batch_size, cfg.n_past + cfg.n_future, cfg.n_past
     info = machine(rt)
-    peak = info.get("peak")
+    peak, gpu = info.get("peak"), info.get("gpu")
     arms = _arms(exp, opts, rt)
     project = arms[0]
 
@@ -117,8 +125,8 @@ def run(exp: Experiment, opts: Options, preset: str = "") -> dict[str, Any]:
             step(0, arm)
         arm.flops = counted[arm.kind]
     for arm in arms:
-        if arm.compile:
-            arm.compile_modules()
+        if arm.compile != "off":
+            arm.compile_step()
 
     def warm(i: int, arm: Arm) -> None:
         t0 = time.perf_counter()
@@ -156,17 +164,25 @@ def run(exp: Experiment, opts: Options, preset: str = "") -> dict[str, Any]:
             "model": exp.model.model_dump(mode="json"),
         },
         "speedup_vs_reference": None,
-        "project": project.summary(batch, cfg.iters_per_epoch, peak),
+        "project": project.summary(batch, cfg.iters_per_epoch, peak, gpu),
     }
     if opts.reference:
         reference = arms[1]
-        report["reference"] = reference.summary(batch, cfg.iters_per_epoch, peak)
+        report["reference"] = reference.summary(batch, cfg.iters_per_epoch, peak, gpu)
         report["speedup_vs_reference"] = report["reference"]["step_time_s"] / report["project"]["step_time_s"]
         report["flops_ratio"] = project.flops / reference.flops
+    if opts.captured:
+        captured = next(arm for arm in arms if arm.name == "captured")
+        report["captured"] = captured.summary(batch, cfg.iters_per_epoch, peak, gpu)
+        report["captured"]["project_over_this"] = report["captured"]["step_time_s"] / report["project"]["step_time_s"]
+        if opts.reference:
+            report["speedup_captured_vs_reference"] = (
+                report["reference"]["step_time_s"] / report["captured"]["step_time_s"]
+            )
     if opts.variants:
         report["variants"] = {}
         for arm in arms[len(arms) - len(opts.variants) :]:
-            summary = arm.summary(batch, cfg.iters_per_epoch, peak)
+            summary = arm.summary(batch, cfg.iters_per_epoch, peak, gpu)
             summary["step"] = arm.kind
             summary["project_over_this"] = summary["step_time_s"] / report["project"]["step_time_s"]
             report["variants"][arm.name] = summary
@@ -201,6 +217,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"{r['flops_per_step'] / 1e9:.1f} GFLOP/step  {r['flop_per_s'] / 1e9:.1f} GFLOP/s  (fp32, per frame)"
         )
         lines.append(f"speed-up  {report['speedup_vs_reference']:.2f}x")
+    if "captured" in report:
+        c = report["captured"]
+        lines.append(f"captured  {c['step_time_s']:.3f} s/step  {c['train_seq_per_s']:.2f} seq/s  (compile "
+                     f"{c['compile_ran']}; project is {c['project_over_this']:.2f}x its speed)")  # fmt: skip
+    if p.get("mfu") is not None:
+        lines.append(f"MFU       {p['mfu']:.1%} of the {p['mfu_basis']}")
     for name, v in report.get("variants", {}).items():
         lines.append(f"variant   {v['step_time_s']:.3f} s/step  {v['train_seq_per_s']:.2f} seq/s  ({name}; project is "
                      f"{v['project_over_this']:.2f}x its speed)")  # fmt: skip
