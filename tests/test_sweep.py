@@ -108,7 +108,7 @@ def test_agent_command_line_parses_into_the_config(monkeypatch):
     exp = experiment_from_args(parser.parse_args(argv[3:]))
     assert exp.kl.mode == params["kl.mode"] and exp.kl.ratio == params["kl.ratio"] and exp.kl.cycles == 3
     assert exp.optim.lr == params["optim.lr"] and exp.model.encoder == "dcgan64"  # the cpu preset
-    assert exp.train.channels_last is False and exp.train.compile is True and exp.optim.grad_clip is None
+    assert exp.train.channels_last is False and exp.train.compile == "default" and exp.optim.grad_clip is None
 
 
 def test_other_command_macros_follow_the_agent(monkeypatch):
