@@ -24,7 +24,7 @@ from svg.data.course import encode_png, write_sequence
 from svg.data.loaders import CacheDataset, CourseDataset, eval_batches, train_batches
 from svg.data.oracle import oracle_error
 from svg.data.render import render
-from svg.data.scene import FINGER_GREY, hidden_draws, simulate
+from svg.data.scene import FINGER_GREY, LIGHT_LEVELS, hidden_draws, simulate
 from svg.data.synthetic import conditions as conditions_of
 from svg.data.synthetic import generate_sequence, sequence_streams
 
@@ -457,6 +457,22 @@ def test_a_ball_is_visible_in_every_frame_where_the_simulation_puts_it():
         assert np.hypot(*np.diff(sim["ball"], axis=0).T).mean() > 1.2  # it rolls
 
 
+def test_the_room_light_changes_only_where_the_hidden_table_says_and_scales_the_whole_frame():
+    scene, hidden, look, noise, _ = _streams("test", 0)
+    table = hidden_draws(hidden, 30)
+    table[:, 2] = 1.0  # column 2: the light's change, never
+    table[9, 2:4] = 0.0, 1.0  # the step to frame 10 switches it to the top of its range
+    sim = simulate(scene, table)
+    assert len(set(sim["light"][:10])) == 1 and np.all(sim["light"][10:] == LIGHT_LEVELS[1])
+    assert LIGHT_LEVELS[0] <= sim["light"][0] <= LIGHT_LEVELS[1]
+    frames = render(sim, look, noise).astype(float)
+    scene, _, look, noise, _ = _streams("test", 0)
+    steady = render({**sim, "light": np.full(30, sim["light"][0])}, look, noise).astype(float)
+    assert np.array_equal(frames[:10], steady[:10])
+    ratio = frames[10:].mean() / steady[10:].mean()  # about the levels' ratio (less where 255 clips)
+    assert abs(ratio - LIGHT_LEVELS[1] / sim["light"][0]) < 0.05
+
+
 def test_oracle_free_running_exceeds_one_step_which_exceeds_noise_and_zero():
     result = oracle_error(seed=0, split="test", sequences=3, n_past=2, horizon=12, draws=2)
     rows = {key: row["mse_12"] for key, row in result["rows"].items()}
@@ -473,7 +489,7 @@ def test_oracle_command_prints_a_table_or_json_and_refuses_bad_settings(capsys):
     args = ["oracle", "--sequences", "2", "--horizon", "4", "--draws", "2", "--workers", "1"]
     assert module.main(args) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("synthetic v2 test split, seed 0: 2 sequences") and lines[2].startswith("copy-last")
+    assert lines[0].startswith("synthetic v3 test split, seed 0: 2 sequences") and lines[2].startswith("copy-last")
     assert module.main([*args, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["sequences"] == 2 and len(result["per_frame_mse"]["free"]) == 4

@@ -2,7 +2,7 @@
 
 For a sequence, K re-simulations keep its scene (layout, sizes, colours, textures, lighting: the scene
 and look streams) and its actions, replayed open-loop, but draw the hidden per-step randomness (ball
-turns, push kicks, deflections, friction) and the sensor noise afresh. Two independent draws x, x' from
+turns, light changes, push kicks, deflections, friction) and the sensor noise afresh. Two independent draws x, x' from
 the same conditional distribution have E|x - x'|^2 / 2 = E|x - E[x]|^2: half their mean squared
 difference is the MSE of an oracle that predicts the conditional mean, per predicted frame.
 
@@ -41,13 +41,15 @@ ROWS = {
     "free_hidden": "  free-running, hidden draws only",
     "step_hidden": "  one-step, hidden draws only",
     "free_ball": "  free-running, ball turns only",
+    "free_light": "  free-running, light changes only",
     "free_push": "  free-running, pushes only",
     "noise": "sensor noise alone",
 }
-_NOISE_FREE = ("free_hidden", "step_hidden", "free_ball", "free_push")  # per-frame MSE can be 0: no PSNR
+_NOISE_FREE = ("free_hidden", "step_hidden", "free_ball", "free_light", "free_push")  # per-frame MSE can be 0: no PSNR
 _ALL = np.ones(HIDDEN_WIDTH, bool)
-_BALL = np.arange(HIDDEN_WIDTH) < 2  # scene.py's hidden table: the ball's turn and heading come first
-_PER_DRAW = 5  # streams per draw: free-running hidden, one-step hidden, noise, ball-only, push-only
+_COLUMN = np.arange(HIDDEN_WIDTH)  # scene.py's hidden table: the ball's turn and heading, the light's, the pushes
+_BALL, _LIGHT, _PUSHES = _COLUMN < 2, (_COLUMN >= 2) & (_COLUMN < 4), _COLUMN >= 4
+_PER_DRAW = 6  # streams per draw: free-running hidden, one-step hidden, noise, ball-only, light-only, push-only
 
 
 def _mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -96,13 +98,14 @@ def sequence_errors(seed: int, split: str, index: int, n_past: int, horizon: int
 
     runs: dict[str, list[np.ndarray]] = {key: [] for key in ROWS if key not in ("copy_last", "noise")}
     noise_only = []
-    for free_ss, step_ss, noise_ss, ball_ss, push_ss in extra:
+    for free_ss, step_ss, noise_ss, ball_ss, light_ss, push_ss in extra:
         noisy, clean = replay(after_context(free_ss), noise_ss)
         runs["free"].append(noisy[future])
         runs["free_hidden"].append(clean[future])
         noise_only.append(_mse(noisy[future], clean[future]) / 2)
         runs["free_ball"].append(replay(after_context(ball_ss, _BALL), noise_ss)[1][future])
-        runs["free_push"].append(replay(after_context(push_ss, ~_BALL), noise_ss)[1][future])
+        runs["free_light"].append(replay(after_context(light_ss, _LIGHT), noise_ss)[1][future])
+        runs["free_push"].append(replay(after_context(push_ss, _PUSHES), noise_ss)[1][future])
         image, sigma = draw(one_step(hidden_draws(rng(step_ss), steps)), rng(look))
         runs["step"].append(expose(image.copy(), sigma, rng(noise_ss))[future])
         runs["step_hidden"].append(expose(image, sigma, rng(noise))[future])

@@ -160,7 +160,7 @@ def draw(sim: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[np.ndarr
 
     # Lighting: a slow global flicker and a drifting gradient, slightly tinted.
     t = np.arange(steps, dtype=np.float32)
-    level = 1 + rng.uniform(0.02, 0.07) * np.sin(rng.uniform(0.05, 0.25) * t + rng.uniform(0, 2 * np.pi))
+    level = sim["light"] + rng.uniform(0.02, 0.07) * np.sin(rng.uniform(0.05, 0.25) * t + rng.uniform(0, 2 * np.pi))
     theta = rng.uniform(0, 2 * np.pi) + rng.uniform(-0.025, 0.025) * t
     slope = rng.uniform(0.03, 0.1)
     cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]

@@ -3,25 +3,28 @@
 
 A tabletop seen from above: a textured table, a grey arm reaching in from the top edge to a gripper
 (a body and two dark fingers; all of it grows with height z, the fingers open and close), one to
-three discs or squares that the gripper pushes when it is low enough to touch them, and a ball
+three discs or squares that the gripper pushes when it is low enough to touch them, a ball
 (radius 4-5 px, a bright saturated colour) that rolls at a steady speed of its own (1.5-3 px per
 frame), turns to a new random heading at random moments (probability 0.2 per frame), and bounces
-off the walls, the objects and the lowered gripper. A smooth random policy mostly goes behind an
-object, descends and pushes it through, so pushes happen in most sequences.
+off the walls, the objects and the lowered gripper, and a room light that changes to a new level
+(a factor of 0.85-1.15 on every pixel) at random moments (probability 0.1 per frame). A smooth random
+policy mostly goes behind an object, descends and pushes it through, so pushes happen in most
+sequences.
 
 Conditions per frame are BAIR's: action (dx, dy, dz, grip) taken at that frame, and the end-effector
 position (x, y, z) shown in it, all within [-1, 1]. x, y map to pixels as 32 + 32 * value (the centre
 of the two fingers), z = 2 * height - 1. Given them the gripper is determined. What they leave out is
-the hidden draws: when and where the ball turns, and for every push its kick (0.4-2.6 times the
-gripper's speed), its deflection (up to +-63 degrees) and how fast the object then slows (friction
-0.08-0.5 per frame). So the future is random given the past frames and the conditions: the reason
-SVG's stochastic latent exists. (The policy reacts to where objects really went, so later actions
-say a little about earlier pushes; they say nothing about the ball.)
+the hidden draws: when and where the ball turns, when the light changes and to what, and for every
+push its kick (0.4-2.6 times the gripper's speed), its deflection (up to +-63 degrees) and how fast
+the object then slows (friction 0.08-0.5 per frame). So the future is random given the past frames
+and the conditions: the reason SVG's stochastic latent exists. (The policy reacts to where objects
+really went, so later actions say a little about earlier pushes; they say nothing about the ball or
+the light.)
 
 Randomness comes in separate streams, so a sequence can be re-simulated with the same scene and the
 same actions but other hidden draws (``svg.data.oracle`` does): ``scene`` draws the initial layout,
-sizes and ball speed first, then the policy's choices; ``hidden`` is a table of uniforms, one row per
-step (row i moves the world from frame i to frame i + 1, ``hidden_draws``). Given ``actions`` the
+sizes, ball speed and first light level first, then the policy's choices; ``hidden`` is a table of
+uniforms, one row per step (row i moves the world from frame i to frame i + 1, ``hidden_draws``). Given ``actions`` the
 policy is bypassed and they are replayed open-loop; the scene stream is then used only for the layout.
 """
 
@@ -42,10 +45,12 @@ TABLE_COLOURS = np.array(
     np.float32,
 )
 BALL_TURN = 0.2  # chance per frame that the ball turns to a new random heading
+LIGHT_SWITCH = 0.1  # chance per frame that the room light changes to a new level
+LIGHT_LEVELS = (0.85, 1.15)  # the room light's range, a factor on every pixel
 MAX_OBJECTS = 3
-# Columns of the hidden table: the ball's turn and new heading, then per object a push's kick,
-# deflection, friction and spin.
-_TURN, _HEADING, _PUSH = 0, 1, 2
+# Columns of the hidden table: the ball's turn and new heading, the light's change and new level, then per
+# object a push's kick, deflection, friction and spin.
+_TURN, _HEADING, _SWITCH, _LEVEL, _PUSH = 0, 1, 2, 3, 4
 HIDDEN_WIDTH = _PUSH + 4 * MAX_OBJECTS
 
 PIXEL_Y, PIXEL_X = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) + 0.5
@@ -104,6 +109,7 @@ def simulate(scene: np.random.Generator, hidden: np.ndarray, actions: np.ndarray
     ball_radius = scene.uniform(4.0, 5.0)
     ball = _place(scene, ball_radius, taken)
     speed = scene.uniform(1.5, 3.0)
+    light = scene.uniform(*LIGHT_LEVELS)
     ball_vel = speed * cmath.exp(1j * scene.uniform(0, 2 * np.pi))
     grip = _point(scene, *WORKSPACE)
     z, opening = scene.uniform(0.4, 1.0), scene.random()
@@ -113,10 +119,10 @@ def simulate(scene: np.random.Generator, hidden: np.ndarray, actions: np.ndarray
 
     centre = complex(SIZE / 2, SIZE / 2)
     gripper_vel, mode, timer, target, z_target, k, direction = 0j, "wander", 0, grip, z, 0, 1 + 0j
-    grips, heights, openings, taken_actions, objects, angles, balls = [], [], [], [], [], [], []
+    grips, heights, openings, taken_actions, objects, angles, balls, lights = [], [], [], [], [], [], [], []
     for i, h in enumerate(hidden):
         grips.append(grip), heights.append(z), openings.append(opening)
-        objects.append(list(pos)), angles.append(list(angle)), balls.append(ball)
+        objects.append(list(pos)), angles.append(list(angle)), balls.append(ball), lights.append(light)
 
         if actions is not None:
             move, dz, command = complex(actions[i][0], actions[i][1]), float(actions[i][2]), float(actions[i][3])
@@ -198,6 +204,8 @@ def simulate(scene: np.random.Generator, hidden: np.ndarray, actions: np.ndarray
                 ball = c + normal * (r + ball_radius)
                 ball_vel -= 2 * min(_dot(ball_vel, normal), 0.0) * normal
         ball, ball_vel = _bounce(ball, ball_vel, ball_radius + 1, SIZE - ball_radius - 1, 1.0)
+        if h[_SWITCH] < LIGHT_SWITCH:
+            light = LIGHT_LEVELS[0] + (LIGHT_LEVELS[1] - LIGHT_LEVELS[0]) * h[_LEVEL]
 
     def xy(points: list) -> np.ndarray:
         array = np.array(points, np.complex128)
@@ -211,6 +219,7 @@ def simulate(scene: np.random.Generator, hidden: np.ndarray, actions: np.ndarray
         "pos": xy(objects),
         "angle": np.array(angles),
         "ball": xy(balls),
+        "light": np.array(lights),
         "radius": np.array(radius),
         "square": square,
         "ball_radius": np.float64(ball_radius),

@@ -6,8 +6,9 @@ Sequence ``index`` of ``split`` comes from four random streams spawned from
 SeedSequence([seed, split number, index]) (``sequence_streams``): scene (layout and policy), hidden
 (the per-step draws the conditions leave out), look (table, colours, lighting) and noise (sensor
 noise), so it is the same for any number of worker processes and can be re-simulated with other
-hidden draws or noise (``svg.data.oracle``). Version 2: a ball in every sequence, wider push outcomes,
-separate streams (version 1 had one stream, weak hidden randomness and a marble in 70% of sequences).
+hidden draws or noise (``svg.data.oracle``). Version 3: a room light that changes at random moments (version 2:
+a ball in every sequence, wider push outcomes, separate streams; version 1: one stream, weak hidden randomness
+and a marble in 70% of sequences).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from svg.data.errors import DataError
 from svg.data.render import render
 from svg.data.scene import SIZE, hidden_draws, simulate
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 MARKER = ".synthetic.json"
 _PARTIAL = ".synthetic.partial.json"
 _LOCK = ".synthetic.lock"
