@@ -39,13 +39,13 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python entrypoints/bench.py --config $(or $(CONFIG),cpu) --out bench/$(or $(CONFIG),cpu).json $(ARGS)
 
-## the KL-annealing study offline (monotonic vs cyclical, CPU preset, trials shortened to ~15 min on 2 cores;
-## resumes if interrupted), then its report: runs/sweep-annealing/report/report.html
+## the quick demo: beta_max 1 (the seed: the latent collapses) vs 1e-4 vs 1e-5 (used), offline on the CPU preset
+## shortened to 600 iterations per trial (~10 min on 2 cores; resumes if interrupted), then its report:
+## runs/sweep-beta/report/report.html
 sweep: $(STAMP)
-	$(BIN)/python entrypoints/sweep.py sweeps/annealing.yaml --out runs/sweep-annealing --resume --parallel 2 \
-		--set kl.ratio=0.5 --set train.epochs=8 --set train.iters_per_epoch=40 --set data.batch_size=8 \
-		--set train.val_sequences=32 $(ARGS)
-	$(BIN)/python entrypoints/report.py runs/sweep-annealing
+	$(BIN)/python entrypoints/sweep.py sweeps/beta.yaml --out runs/sweep-beta --resume --parallel 2 \
+		--set train.iters_per_epoch=60 --set train.val_sequences=32 $(ARGS)
+	$(BIN)/python entrypoints/report.py runs/sweep-beta
 
 ## the study (docs/study.md): annealing, teacher forcing, learning rate and beta over 3 seeds each, offline on the
 ## study preset, test evaluation under the seed and svg protocols, reports and verdicts in runs/study (hours on
@@ -55,7 +55,7 @@ study: $(STAMP)
 
 ## compare a sweep folder or run folders in one HTML page (RUNS=runs/...)
 report: $(STAMP)
-	$(BIN)/python entrypoints/report.py $(or $(RUNS),runs/sweep-annealing) $(ARGS)
+	$(BIN)/python entrypoints/report.py $(or $(RUNS),runs/sweep-beta) $(ARGS)
 
 ## ruff: lint and formatting
 lint: $(STAMP)

@@ -52,11 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> None:
         from svg.evaluator import Options, default_output, evaluate_checkpoint, headline
 
-        protocol = PROTOCOLS[args.protocol]
-        given = {"samples": args.samples, "frames": args.frames, "horizon": args.horizon}
-        chosen = {k: getattr(protocol, k) if v is None else v for k, v in given.items()}
         opts = Options(
-            split=args.split, protocol=protocol.name, data_root=args.data_root, **chosen, seed=args.seed,
+            split=args.split, protocol=args.protocol, data_root=args.data_root, samples=args.samples,
+            frames=args.frames, horizon=args.horizon, seed=args.seed,
             limit=args.limit, batch_size=args.batch_size,
             device=args.device, precision=args.precision, tracking=args.tracking, progress=not args.no_progress,
         )  # fmt: skip

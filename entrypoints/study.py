@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--svg-sequences",
         type=at_least(1),
-        default=64,
-        help="test sequences the svg protocol (100 samples each) scores (default: 64; 256 is the whole split)",
+        default=32,
+        help="test sequences the svg protocol (100 samples each) scores (default: 32; 256 is the whole split)",
     )
     parser.add_argument("--figures", type=Path, help="also copy the figures and RESULTS.md into this folder")
     args = parser.parse_args(argv)

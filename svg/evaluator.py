@@ -60,10 +60,11 @@ class Options:
     """A PROTOCOLS name; the results say "custom" where samples, frames or horizon depart from it."""
     data_root: str | None = None
     """None: the checkpoint's data.root."""
-    samples: int = 10
-    frames: int = 10
+    samples: int | None = None
+    frames: int | None = None
     horizon: int | None = None
-    """Predicted frames; None: every frame after the context (28 of 30 with 2 given)."""
+    """samples, frames, horizon: None takes the protocol's (a horizon of None there: every frame after the
+    context, 28 of 30 with 2 given)."""
     seed: int = 0
     limit: int | None = None
     batch_size: int | None = None
@@ -91,12 +92,14 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, opts: Options) -> dict:
         raise SvgError(
             f"--protocol {protocol.name}: needs {protocol.n_past} given frames; the model was trained on {n_past}"
         )
-    horizon = opts.horizon or SEQ_LEN - n_past
     as_named = (protocol.samples, protocol.frames, protocol.horizon or SEQ_LEN - n_past)
+    samples, frames, horizon = (
+        given or named for given, named in zip((opts.samples, opts.frames, opts.horizon), as_named, strict=True)
+    )
     if n_past + horizon > SEQ_LEN:
         raise SvgError(f"--horizon: {horizon} predicted frames after {n_past} given exceed the {SEQ_LEN} frames")
-    if opts.frames > horizon:
-        raise SvgError(f"--frames: {opts.frames} is more than the horizon of {horizon} predicted frames")
+    if frames > horizon:
+        raise SvgError(f"--frames: {frames} is more than the horizon of {horizon} predicted frames")
     root = opts.data_root or exp.data.root
     dataset = open_split(root, opts.split, seq_len=n_past + horizon, conditions=exp.data.conditions)
     n = len(dataset) if opts.limit is None else min(opts.limit, len(dataset))
@@ -109,18 +112,16 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, opts: Options) -> dict:
         model.to(memory_format=torch.channels_last)
     batches = tqdm(
         eval_batches(dataset, batch_size, limit=n), total=math.ceil(n / batch_size), unit="batch",
-        desc=f"evaluate {opts.split} ({opts.samples} samples)", disable=not opts.progress, dynamic_ncols=True,
+        desc=f"evaluate {opts.split} ({samples} samples)", disable=not opts.progress, dynamic_ncols=True,
     )  # fmt: skip
-    ev = evaluate(model, batches, n_past, opts.samples, rt, opts.seed)
-    summary = summarize(ev, opts.frames)
+    ev = evaluate(model, batches, n_past, samples, rt, opts.seed)
+    summary = summarize(ev, frames)
 
     stem = out.with_suffix("")
     media = {
         "gif": write_gif(stem.with_suffix(".gif"), ev.panels.videos(), n_past),
         "strip": write_strip(stem.with_name(f"{stem.name}_strip.png"), ev.panels.videos(), n_past),
-        "per_frame": write_curves(
-            stem.with_name(f"{stem.name}_per_frame.png"), per_frame_series(summary), mark=opts.frames
-        ),
+        "per_frame": write_curves(stem.with_name(f"{stem.name}_per_frame.png"), per_frame_series(summary), mark=frames),
     }
     result = {
         "checkpoint": str(checkpoint),
@@ -128,11 +129,11 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, opts: Options) -> dict:
         "data_root": str(root),
         "seed": opts.seed,
         "protocol": {
-            "name": protocol.name if (opts.samples, opts.frames, horizon) == as_named else "custom",
+            "name": protocol.name if (samples, frames, horizon) == as_named else "custom",
             "n_past": n_past,
-            "frames": opts.frames,
+            "frames": frames,
             "horizon": horizon,
-            "samples": opts.samples,
+            "samples": samples,
             "ssim": SSIM_SETTINGS,
         },
         **summary,

@@ -34,7 +34,7 @@ from svg.report.stats import Interval, mean_ci, paired_diff
 from svg.report.study import Setting, group
 from svg.sweeps import SWEEP_FILE, SweepRunner, load_sweep
 
-STUDIES = ("annealing", "tfr", "lr", "beta")
+STUDIES = ("beta", "annealing", "tfr", "lr")  # beta first: where the latent collapses informs the rest
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 PROTOCOLS = ("seed", "svg")
 CLAIM_MARGIN = 0.2  # dB: an advantage below this is no advantage
@@ -48,12 +48,14 @@ PANELS = [
 ]
 
 
-def run_study(out: Path, studies: tuple[str, ...], parallel: int, svg_sequences: int | None, say=print) -> dict:
-    """Run (or resume) each study's sweep, evaluate its finished trials, write its report; return the verdicts,
-    also written to OUT/results.json and OUT/RESULTS.md."""
+def run_study(
+    out: Path, studies: tuple[str, ...], parallel: int, svg_sequences: int | None, sweeps: Path = SWEEPS, say=print
+) -> dict:
+    """Run (or resume) each study's sweep (``sweeps/study-<name>.yaml``), evaluate its finished trials, write its
+    report and figure; return the verdicts, also written to OUT/results.json and OUT/RESULTS.md."""
     for name in studies:
         folder = out / name
-        config = load_sweep(SWEEPS / f"study-{name}.yaml")
+        config = load_sweep(sweeps / f"study-{name}.yaml")
         say(f"study {name}: sweep in {folder}")
         runner = SweepRunner(config, folder, parallel=parallel, resume=(folder / SWEEP_FILE).exists(), source=name)
         record = runner.run()

@@ -1,5 +1,8 @@
 """The study's verdict rules (svg/study.py, fixed before the runs) on hand-made settings over seeds."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from svg.report.study import Setting
@@ -65,3 +68,31 @@ def test_beta_range_marks_collapse_below_one_active_unit_and_renders_as_markdown
     assert rows["beta_max=1e-05"]["best_minus_mean"]["mean"] == pytest.approx(1.1)
     text = markdown({"beta": rows})
     assert "(collapsed)" in text.splitlines()[3] and "active_units +7.00 ± 2.48 (n=3)" in text
+
+
+def test_a_study_runs_its_sweep_evaluates_every_trial_under_both_protocols_and_resumes(tmp_path, monkeypatch):
+    import yaml
+
+    from svg.study import run_study
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)  # the YAML's program is entrypoints/train.py, as for wandb agent
+    parameters = {"config": {"value": "smoke"}, "train.seed": {"values": [1, 2]},
+                  "kl.beta_max": {"values": [1.0, 0.00001]}, "data.source": {"value": "synthetic"},
+                  "data.root": {"value": str(tmp_path / "data")}}  # fmt: skip
+    config = {"name": "study-beta", "program": "entrypoints/train.py", "method": "grid", "parameters": parameters,
+              "command": ["${env}", "${interpreter}", "${program}", "${args}"]}  # fmt: skip
+    (tmp_path / "study-beta.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    out = tmp_path / "study"
+    results = run_study(out, ("beta",), 2, 2, sweeps=tmp_path, say=lambda _: None)
+    assert set(results["beta"]) == {"beta_max=1.0", "beta_max=1e-05"}
+    assert all(row["psnr"]["n"] == 2 and row["active_units"]["n"] == 2 for row in results["beta"].values())
+    evaluations = sorted(out.glob("beta/*/eval/test-*.json"))
+    assert len(evaluations) == 8  # 4 trials, 2 protocols
+    protocols = {json.loads(p.read_text())["protocol"]["name"] for p in evaluations}
+    assert protocols == {"seed", "svg"}
+    assert (out / "study-beta.png").stat().st_size > 5000 and "## beta" in (out / "RESULTS.md").read_text()
+    assert (out / "beta" / "report" / "report.html").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in evaluations}
+    assert run_study(out, ("beta",), 2, 2, sweeps=tmp_path, say=lambda _: None) == results  # resumed: nothing new
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
