@@ -41,7 +41,7 @@ CLAIM_MARGIN = 0.2  # dB: an advantage below this is no advantage
 FAIL_MARGIN = 2.0  # dB under the best teacher-forcing start: a failure (the rule)
 M, COPY_LAST = "test/seed/psnr", "test/seed/copy_last_psnr"
 PANELS = [
-    (M, "test PSNR, 10 frames, seed protocol (dB)"),
+    (M, "test PSNR, 10 frames, seed protocol (dB)\nred dashes: copy-last"),
     ("test/svg/psnr_best_of_n", "best of 100, 28 frames, svg protocol (dB)"),
     ("test/svg/best_minus_mean", "best of 100 minus mean (dB)"),
     ("test/svg/active_units", "active latent units"),

@@ -89,6 +89,7 @@ def plot_settings(settings: list, panels: list[tuple[str, str]], path: Path, tit
             if metric.endswith("/psnr") and base:
                 ax.hlines(sum(base) / len(base), i - 0.35, i + 0.35, colors="C3", linestyles="--", linewidth=1)
         ax.set_xticks(range(len(settings)), [s.label.replace(",", "\n") for s in settings], fontsize=6.5)
+        ax.set_xlim(-0.6, len(settings) - 0.4)
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3, axis="y")
     fig.savefig(path, dpi=100)
