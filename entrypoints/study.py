@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copy2(path, args.figures / path.name)
         print(f"verdicts of {', '.join(results)}: {args.out / 'RESULTS.md'}; pages: {args.out}/*/report/report.html")
 
-    return run_cli("study.py", go)
+    return run_cli("study.py", go, resume="run the same command again to continue")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import sys
 from collections.abc import Callable
 
 
-def run_cli(prog: str, body: Callable[[], None]) -> int:
+def run_cli(prog: str, body: Callable[[], None], resume: str = "continue with --resume") -> int:
+    """Run an entrypoint's body; ``resume`` tells the user how to go on after an interruption."""
     from svg.errors import Interrupted, SvgError
 
     try:
@@ -16,7 +17,7 @@ def run_cli(prog: str, body: Callable[[], None]) -> int:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(f"{prog}: {e}; checkpoint saved, continue with --resume", file=sys.stderr)
+        print(f"{prog}: {e}; checkpoint saved, {resume}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

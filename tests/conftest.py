@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,23 +40,39 @@ def run_entrypoint(name: str, *args: str, cwd: Path | None = None, timeout: int 
     )
 
 
-def inspect_run(run_dir: Path) -> dict:
-    """What the real wandb library wrote, read back with its own reader (``wandb leet inspect``)."""
+def leet_inspect(*args: str, attempts: int = 20) -> str:
+    """``wandb leet inspect ARGS`` output. Retried for a few seconds: wandb's service process may still be
+    finishing the run file just after the run's own process has exited (seen on a loaded machine)."""
+    for _ in range(attempts - 1):
+        out = subprocess.run([WANDB, "leet", "inspect", *args], capture_output=True, text=True)
+        if out.returncode == 0:
+            return out.stdout
+        time.sleep(0.5)
+    return subprocess.run([WANDB, "leet", "inspect", *args], capture_output=True, text=True, check=True).stdout
+
+
+def newest_run(run_dir: Path) -> str:
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert runs, f"no offline W&B run under {run_dir}"
-    out = subprocess.run(
-        [WANDB, "leet", "inspect", "--summary", "--json", str(runs[-1])], capture_output=True, text=True, check=True
-    )
-    return json.loads(out.stdout)
+    return str(runs[-1])
+
+
+def run_record(run_dir: Path) -> dict:
+    """The run record (ids, sweep, group, job_type) of the newest offline run, as wandb's own reader prints it."""
+    lines = leet_inspect("--json", newest_run(run_dir)).splitlines()
+    return next(json.loads(line)["run"] for line in lines if '"type":"run"' in line)
+
+
+def inspect_run(run_dir: Path) -> dict:
+    """What the real wandb library wrote, read back with its own reader (``wandb leet inspect``)."""
+    return json.loads(leet_inspect("--summary", "--json", newest_run(run_dir)))
 
 
 def inspect_history(run_dir: Path) -> list[dict]:
     """Every history record of the newest offline run as {key: value}."""
-    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
-    out = subprocess.run(
-        [WANDB, "leet", "inspect", "--json", str(runs[-1])], capture_output=True, text=True, check=True
-    )
-    return [json.loads(line) for line in out.stdout.splitlines() if '"history"' in line]
+    return [
+        json.loads(line) for line in leet_inspect("--json", newest_run(run_dir)).splitlines() if '"history"' in line
+    ]
 
 
 def entrypoint_main(name: str):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, WANDB, inspect_run, run_entrypoint
+from conftest import ROOT, inspect_run, run_entrypoint, run_record
 
 from svg.config import OneLineParser, add_experiment_arguments, experiment_from_args
 from svg.sweeps import SweepError, Trial, expand_command, load_sweep, suggest, sweeps_package, to_engine, to_stop
@@ -24,15 +24,6 @@ SMOKE = str(ROOT / "sweeps" / "smoke.yaml")
 @pytest.fixture(scope="module")
 def smoke_data(tmp_path_factory):
     return tmp_path_factory.mktemp("smoke-data") / "data"
-
-
-def run_record(run_dir: Path) -> dict:
-    """The run record (ids, sweep, group) of the newest offline run, as wandb's own reader prints it."""
-    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
-    out = subprocess.run(
-        [WANDB, "leet", "inspect", "--json", str(runs[-1])], capture_output=True, text=True, check=True
-    )
-    return next(json.loads(line)["run"] for line in out.stdout.splitlines() if '"type":"run"' in line)
 
 
 # -- the YAMLs -----------------------------------------------------------------------------------

@@ -4,11 +4,10 @@ real wandb library wrote), the YAML's run_cap bounds the sweep, and parallel tri
 The trials here are tiny programs, not train.py: the runner's part is the environment and the bookkeeping."""
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import WANDB, run_entrypoint
+from conftest import run_entrypoint, run_record
 
 from svg.sweeps import SweepError, SweepRunner, load_sweep, pick_gpu, trial_env, visible_gpus
 
@@ -40,13 +39,6 @@ def program(tmp_path: Path, text: str) -> str:
 
 def sweep_config(prog: str, parameters: dict, method: str = "grid", **more) -> dict:
     return {"name": "seeds-demo", "method": method, "program": prog, "parameters": parameters, **more}
-
-
-def run_record(run_dir: Path) -> dict:
-    """The run record (group, job_type, ids) of the run's offline W&B run, as wandb's own reader prints it."""
-    (run,) = (run_dir / "wandb").glob("offline-run-*")
-    out = subprocess.run([WANDB, "leet", "inspect", "--json", str(run)], capture_output=True, text=True, check=True)
-    return next(json.loads(line)["run"] for line in out.stdout.splitlines() if '"type":"run"' in line)
 
 
 def test_trials_of_one_setting_share_a_wandb_group_named_after_it(tmp_path):
