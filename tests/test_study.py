@@ -1,9 +1,11 @@
 """The study's verdict rules (svg/study.py, fixed before the runs) on hand-made settings over seeds."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+import wandb
 
 from svg.report.study import Setting
 from svg.study import annealing, beta_range, learning_rate, markdown, teacher_forcing
@@ -70,7 +72,7 @@ def test_beta_range_marks_collapse_below_one_active_unit_and_renders_as_markdown
     assert "(collapsed)" in text.splitlines()[3] and "active_units +7.00 ± 2.48 (n=3)" in text
 
 
-def test_a_study_runs_its_sweep_evaluates_every_trial_under_both_protocols_and_resumes(tmp_path, monkeypatch):
+def test_a_study_runs_its_sweep_evaluates_every_trial_under_both_protocols_and_resumes(tmp_path, monkeypatch, request):
     import yaml
 
     from svg.study import run_study
@@ -84,6 +86,8 @@ def test_a_study_runs_its_sweep_evaluates_every_trial_under_both_protocols_and_r
               "command": ["${env}", "${interpreter}", "${program}", "${args}"]}  # fmt: skip
     (tmp_path / "study-beta.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     out = tmp_path / "study"
+    environ = dict(os.environ)  # wandb.init in this process (the evaluations) exports its service's address:
+    request.addfinalizer(lambda: (wandb.teardown(), os.environ.clear(), os.environ.update(environ)))  # not to leak
     results = run_study(out, ("beta",), 2, 2, sweeps=tmp_path, say=lambda _: None)
     assert set(results["beta"]) == {"beta_max=1.0", "beta_max=1e-05"}
     assert all(row["psnr"]["n"] == 2 and row["active_units"]["n"] == 2 for row in results["beta"].values())
