@@ -48,8 +48,8 @@ sweep: $(STAMP)
 	$(BIN)/python entrypoints/report.py runs/sweep-beta
 
 ## the study (docs/study.md): annealing, teacher forcing, learning rate and beta over 3 seeds each, offline on the
-## study preset, test evaluation under the seed and svg protocols, reports and verdicts in runs/study (hours on
-## 2 CPU cores; resumes if interrupted); figures and RESULTS.md copied to docs/study/
+## study preset, test evaluation under the seed and svg protocols, reports and verdicts in runs/study (about 2 h
+## on 2 CPU cores; resumes if interrupted); figures and RESULTS.md copied to docs/study/
 study: $(STAMP)
 	$(BIN)/python entrypoints/study.py --out runs/study --figures docs/study $(ARGS)
 

@@ -24,10 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--studies", nargs="+", choices=STUDIES, default=list(STUDIES), help="(default: all four)")
     parser.add_argument("--parallel", type=at_least(1), default=2, help="trials run at once (default: 2)")
     parser.add_argument(
+        "--seed-sequences",
+        type=at_least(1),
+        default=128,
+        help="test sequences the seed protocol (10 samples each) scores (default: 128; 256 is the whole split)",
+    )
+    parser.add_argument(
         "--svg-sequences",
         type=at_least(1),
-        default=32,
-        help="test sequences the svg protocol (100 samples each) scores (default: 32; 256 is the whole split)",
+        default=8,
+        help="test sequences the svg protocol (100 samples each) scores (default: 8; 256 is the whole split)",
     )
     parser.add_argument("--figures", type=Path, help="also copy the figures and RESULTS.md into this folder")
     args = parser.parse_args(argv)
@@ -35,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> None:
         from svg.study import run_study
 
-        results = run_study(args.out, tuple(args.studies), args.parallel, args.svg_sequences)
+        results = run_study(
+            args.out, tuple(args.studies), args.parallel, {"seed": args.seed_sequences, "svg": args.svg_sequences}
+        )
         print((args.out / "RESULTS.md").read_text())
         if args.figures:
             args.figures.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from svg.report.stats import Interval, mean_ci, paired_diff
 from svg.report.study import Setting, group
 from svg.sweeps import SWEEP_FILE, SweepRunner, load_sweep
 
-STUDIES = ("beta", "annealing", "tfr", "lr")  # beta first: where the latent collapses informs the rest
+STUDIES = ("annealing", "tfr", "lr", "beta")  # the seed report's three questions first, then the project's own
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 PROTOCOLS = ("seed", "svg")
 CLAIM_MARGIN = 0.2  # dB: an advantage below this is no advantage
@@ -49,10 +49,16 @@ PANELS = [
 
 
 def run_study(
-    out: Path, studies: tuple[str, ...], parallel: int, svg_sequences: int | None, sweeps: Path = SWEEPS, say=print
+    out: Path,
+    studies: tuple[str, ...],
+    parallel: int,
+    sequences: dict[str, int | None],
+    sweeps: Path = SWEEPS,
+    say=print,
 ) -> dict:
-    """Run (or resume) each study's sweep (``sweeps/study-<name>.yaml``), evaluate its finished trials, write its
-    report and figure; return the verdicts, also written to OUT/results.json and OUT/RESULTS.md."""
+    """Run (or resume) each study's sweep (``sweeps/study-<name>.yaml``), evaluate its finished trials on the first
+    ``sequences[protocol]`` test sequences (None: all), write its report and figure; return the verdicts of every
+    study in OUT so far, also written to OUT/results.json and OUT/RESULTS.md."""
     for name in studies:
         folder = out / name
         config = load_sweep(sweeps / f"study-{name}.yaml")
@@ -61,16 +67,16 @@ def run_study(
         record = runner.run()
         for trial in record["trials"]:
             if trial["state"] == "finished":
-                evaluate_trial(folder / trial["id"], svg_sequences, say)
+                evaluate_trial(folder / trial["id"], sequences, say)
         write_report([folder], folder / "report", title=f"Study: {config['name']}")
         plot_settings(_settings(folder), PANELS, out / f"study-{name}.png", f"{config['name']}: mean ± 95% over seeds")
-    results = decide(out, studies)
+    results = decide(out, STUDIES)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "RESULTS.md").write_text(markdown(results))
     return results
 
 
-def evaluate_trial(run_dir: Path, svg_sequences: int | None, say=print) -> None:
+def evaluate_trial(run_dir: Path, sequences: dict[str, int | None], say=print) -> None:
     """Both protocols on the trial's final checkpoint, unless already written for this very checkpoint."""
     from svg.evaluator import Options, evaluate_checkpoint
 
@@ -79,7 +85,7 @@ def evaluate_trial(run_dir: Path, svg_sequences: int | None, say=print) -> None:
         path = run_dir / "eval" / f"test-{protocol}.json"
         if path.exists() and path.stat().st_mtime >= checkpoint.stat().st_mtime:
             continue
-        limit = svg_sequences if protocol == "svg" else None
+        limit = sequences.get(protocol)
         say(f"  evaluate {run_dir.name} ({protocol} protocol{f', {limit} sequences' if limit else ''})")
         evaluate_checkpoint(checkpoint, path, Options(protocol=protocol, limit=limit, progress=False))
 

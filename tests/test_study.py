@@ -88,7 +88,7 @@ def test_a_study_runs_its_sweep_evaluates_every_trial_under_both_protocols_and_r
     out = tmp_path / "study"
     environ = dict(os.environ)  # wandb.init in this process (the evaluations) exports its service's address:
     request.addfinalizer(lambda: (wandb.teardown(), os.environ.clear(), os.environ.update(environ)))  # not to leak
-    results = run_study(out, ("beta",), 2, 2, sweeps=tmp_path, say=lambda _: None)
+    results = run_study(out, ("beta",), 2, {"svg": 2}, sweeps=tmp_path, say=lambda _: None)
     assert set(results["beta"]) == {"beta_max=1.0", "beta_max=1e-05"}
     assert all(row["psnr"]["n"] == 2 and row["active_units"]["n"] == 2 for row in results["beta"].values())
     evaluations = sorted(out.glob("beta/*/eval/test-*.json"))
@@ -98,5 +98,6 @@ def test_a_study_runs_its_sweep_evaluates_every_trial_under_both_protocols_and_r
     assert (out / "study-beta.png").stat().st_size > 5000 and "## beta" in (out / "RESULTS.md").read_text()
     assert (out / "beta" / "report" / "report.html").exists()
     stamps = {p: p.stat().st_mtime_ns for p in evaluations}
-    assert run_study(out, ("beta",), 2, 2, sweeps=tmp_path, say=lambda _: None) == results  # resumed: nothing new
+    resumed = run_study(out, ("beta",), 2, {"svg": 2}, sweeps=tmp_path, say=lambda _: None)
+    assert resumed == results  # nothing new
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
