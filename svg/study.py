@@ -28,7 +28,7 @@ import json
 from pathlib import Path
 
 from svg.report.collect import collect, varied
-from svg.report.html import write_report
+from svg.report.html import write_index, write_report
 from svg.report.plots import plot_settings
 from svg.report.stats import Interval, mean_ci, paired_diff
 from svg.report.study import Setting, group
@@ -40,6 +40,12 @@ PROTOCOLS = ("seed", "svg")
 CLAIM_MARGIN = 0.2  # dB: an advantage below this is no advantage
 FAIL_MARGIN = 2.0  # dB under the best teacher-forcing start: a failure (the issue's rule)
 M, COPY_LAST = "test/seed/psnr", "test/seed/copy_last_psnr"
+REFERENCES = {  # each page's paired differences are taken against the setting its question starts from
+    "annealing": "kl.beta_max=1e-05,kl.mode=monotonic",  # the study preset
+    "tfr": "tfr.start_decay_epoch=0.4",  # the seed's start
+    "lr": "optim.lr=0.0002,train.epochs=10",  # the seed's learning rate
+    "beta": "kl.beta_max=1e-05",  # the study preset
+}
 PANELS = [
     (M, "test PSNR, 10 frames, seed protocol (dB)\nred dashes: copy-last"),
     ("test/svg/psnr_best_of_n", "best of 100, 28 frames, svg protocol (dB)"),
@@ -68,11 +74,16 @@ def run_study(
         for trial in record["trials"]:
             if trial["state"] == "finished":
                 evaluate_trial(folder / trial["id"], sequences, say)
-        write_report([folder], folder / "report", title=f"Study: {config['name']}")
-        plot_settings(_settings(folder), PANELS, out / f"study-{name}.png", f"{config['name']}: mean ± 95% over seeds")
+        settings = _settings(folder)
+        write_report([folder], folder / "report", f"Study: {config['name']}", _reference(name, settings),
+                     lines(name, DECIDERS[name](settings)))  # fmt: skip
+        plot_settings(settings, PANELS, out / f"study-{name}.png", f"{config['name']}: mean ± 95% over seeds")
     results = decide(out, STUDIES)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "RESULTS.md").write_text(markdown(results))
+    sections = [(f"{n}: sweeps/study-{n}.yaml", f"{n}/report/report.html", lines(n, r), out / f"study-{n}.png")
+                for n, r in results.items()]  # fmt: skip
+    write_index(out, "svg-sweeps study: verdicts", sections)
     return results
 
 
@@ -93,6 +104,12 @@ def evaluate_trial(run_dir: Path, sequences: dict[str, int | None], say=print) -
 def _settings(folder: Path) -> list[Setting]:
     runs, searched, _ = collect([folder])
     return group(runs, varied(runs, searched))
+
+
+def _reference(name: str, settings: list[Setting]) -> str | None:
+    """The study's reference setting when it has finished runs (else the report takes the first setting)."""
+    wanted = set(REFERENCES[name].split(","))
+    return REFERENCES[name] if any(wanted <= set(s.label.split(",")) for s in settings) else None
 
 
 def _find(settings: list[Setting], **values) -> Setting | None:
@@ -198,8 +215,8 @@ def decide(out: Path, studies: tuple[str, ...]) -> dict:
     return {name: DECIDERS[name](_settings(out / name)) for name in studies if (out / name).is_dir()}
 
 
-def markdown(results: dict) -> str:
-    """The verdicts as the Markdown the README's Results section quotes."""
+def lines(name: str, result: dict) -> list[str]:
+    """One study's verdicts and numbers as lines (``**verdict**`` in bold), for RESULTS.md and the report pages."""
 
     def fmt(iv: dict | None) -> str:
         if iv is None:
@@ -207,21 +224,23 @@ def markdown(results: dict) -> str:
         half = "" if iv["half"] is None else f" ± {iv['half']:.2f}"
         return f"{iv['mean']:+.2f}{half} (n={iv['n']})"
 
-    lines = ["# Study results", ""]
+    if name == "annealing":
+        return [f"{k}: monotonic − cyclical {fmt(v['monotonic_minus_cyclical'])} dB: **{v['verdict']}**"
+                for k, v in result.items()]  # fmt: skip
+    if name == "tfr":
+        return [f"verdict: **{result['verdict']}** (best start {result.get('best_start')})"] + [
+            f"start {k}: PSNR {fmt(v['psnr'])}, copy-last {v['copy_last']:.2f}, minus best {fmt(v['minus_best'])}: "
+            f"{v['outcome']}" for k, v in result["starts"].items()]  # fmt: skip
+    if name == "lr":
+        return [f"verdict: **{result['verdict']}**"] + [
+            f"{k}: 2e-3 − 2e-4 {fmt(v)} dB" for k, v in result["lr_2e-3_minus_2e-4"].items()]  # fmt: skip
+    return [f"{k}: " + ", ".join(f"{m} {fmt(v)}" for m, v in row.items() if m != "collapsed")
+            + (" (collapsed)" if row["collapsed"] else "") for k, row in result.items()]  # fmt: skip
+
+
+def markdown(results: dict) -> str:
+    """The verdicts as the Markdown the README's Results section quotes."""
+    text = ["# Study results", ""]
     for name, result in results.items():
-        lines.append(f"## {name}")
-        if name == "annealing":
-            lines += [f"- {k}: monotonic − cyclical {fmt(v['monotonic_minus_cyclical'])} dB: **{v['verdict']}**"
-                      for k, v in result.items()]  # fmt: skip
-        elif name == "tfr":
-            lines.append(f"- verdict: **{result['verdict']}** (best start {result.get('best_start')})")
-            lines += [f"- start {k}: PSNR {fmt(v['psnr'])}, copy-last {v['copy_last']:.2f}, minus best "
-                      f"{fmt(v['minus_best'])}: {v['outcome']}" for k, v in result["starts"].items()]  # fmt: skip
-        elif name == "lr":
-            lines.append(f"- verdict: **{result['verdict']}**")
-            lines += [f"- {k}: 2e-3 − 2e-4 {fmt(v)} dB" for k, v in result["lr_2e-3_minus_2e-4"].items()]
-        else:
-            lines += [f"- {k}: " + ", ".join(f"{m} {fmt(v)}" for m, v in row.items() if m != "collapsed")
-                      + (" (collapsed)" if row["collapsed"] else "") for k, row in result.items()]  # fmt: skip
-        lines.append("")
-    return "\n".join(lines)
+        text += [f"## {name}", *(f"- {line}" for line in lines(name, result)), ""]
+    return "\n".join(text)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +46,8 @@ figcaption { font-size: 12px; color: #555; margin-top: 4px; }
 .note { color: #666; font-size: 12px; }
 span.n { color: #888; font-size: 11px; } th.ref { background: #eef3fb; }
 td.better { color: #1a7f37; font-weight: 600; } td.worse { color: #b42318; font-weight: 600; }
+ul.verdicts { background: #f7f9fc; border: 1px solid #dbe4f0; border-radius: 6px; padding: 10px 10px 10px 30px; }
+ul.verdicts li { margin: 3px 0; }
 """
 
 NOTE = (
@@ -68,15 +71,29 @@ PAIRED_NOTE = (
     "seed. The copy-last baseline is left out: it does not depend on the setting."
 )
 
+BOLD = re.compile(r"\*\*(.+?)\*\*")
+
+VERDICT_NOTE = (
+    "Decided by the rules fixed before the runs (docs/study.md, svg/study.py); intervals: 95% t-intervals over "
+    "seeds, differences paired by seed; PSNR in dB. The tables below are the evidence."
+)
+
 GIF_NOTE = (
     "Each run's latest validation GIF: one row per sequence, the columns named in its header (ground truth, then "
     "the model's samples); the bar under each frame is green for given context frames and red for predicted ones."
 )
 
 
-def write_report(paths: list[Path], out_dir: Path, title: str | None = None, reference: str | None = None) -> Path:
+def write_report(
+    paths: list[Path],
+    out_dir: Path,
+    title: str | None = None,
+    reference: str | None = None,
+    verdicts: list[str] | None = None,
+) -> Path:
     """Write out_dir/report.html (self-contained) and the curve PNGs beside it; returns the HTML path. ``reference``:
-    the setting the paired differences are taken against (``k=v[,k=v]``; default the first setting)."""
+    the setting the paired differences are taken against (``k=v[,k=v]``; default the first setting). ``verdicts``:
+    lines (``**bold**`` allowed) shown first, under "Verdict": a study's answer, above the evidence."""
     runs, searched, sweep = collect(paths)
     keys = varied(runs, searched)
     over_seeds = study(runs, keys, reference)
@@ -94,6 +111,7 @@ def write_report(paths: list[Path], out_dir: Path, title: str | None = None, ref
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1><p class='meta'>{meta}</p>",
+        *verdict_list(verdicts),
         "<h2>Results</h2>",
         _table(runs, keys),
         f"<p class='note'>{NOTE}</p>",
@@ -104,6 +122,30 @@ def write_report(paths: list[Path], out_dir: Path, title: str | None = None, ref
     ]
     path = out_dir / "report.html"
     path.write_text("\n".join(parts))
+    return path
+
+
+def verdict_list(lines: list[str] | None, heading: str = "<h2>Verdict</h2>") -> list[str]:
+    """The lines as an HTML list under ``heading``; ``**x**`` becomes bold."""
+    if not lines:
+        return []
+    items = "".join("<li>" + BOLD.sub(r"<strong>\1</strong>", html.escape(x)) + "</li>" for x in lines)
+    return [heading, f"<ul class='verdicts'>{items}</ul>", f"<p class='note'>{VERDICT_NOTE}</p>"]
+
+
+def write_index(out: Path, title: str, sections: list[tuple[str, str, list[str], Path | None]]) -> Path:
+    """out/index.html: per section (heading, link to its page, verdict lines, figure PNG) the answer at a glance."""
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><p class='meta'>generated {datetime.now().strftime('%Y-%m-%d %H:%M')}</p>",
+    ]
+    for heading, link, lines, figure in sections:
+        parts += verdict_list(lines, f"<h2><a href='{html.escape(link, quote=True)}'>{html.escape(heading)}</a></h2>")
+        if figure is not None and figure.exists():
+            parts.append(f"<figure><img src='{_data_uri(figure, 'image/png')}' alt='{html.escape(heading)}'></figure>")
+    path = out / "index.html"
+    path.write_text("\n".join([*parts, "</body></html>"]))
     return path
 
 
