@@ -75,9 +75,15 @@ def plot_settings(settings: list, panels: list[tuple[str, str]], path: Path, tit
 
     from svg.report.stats import mean_ci
 
-    fig = Figure(figsize=(3.3 * len(panels), 3.6), layout="constrained")
+    columns = min(2, len(panels))
+    rows = -(-len(panels) // columns)
+    fig = Figure(figsize=(5.6 * columns, 3.4 * rows), layout="constrained")
     fig.suptitle(title, fontsize=11)
-    for ax, (metric, label) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
+    keys = list(settings[0].values) if settings else []
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (metric, label) in zip(axes, panels, strict=False):
         for i, setting in enumerate(settings):
             values = list(setting.by_seed.get(metric, {}).values())
             if not values:
@@ -88,7 +94,8 @@ def plot_settings(settings: list, panels: list[tuple[str, str]], path: Path, tit
             base = list(setting.by_seed.get(metric.replace("/psnr", "/copy_last_psnr"), {}).values())
             if metric.endswith("/psnr") and base:
                 ax.hlines(sum(base) / len(base), i - 0.35, i + 0.35, colors="C3", linestyles="--", linewidth=1)
-        ax.set_xticks(range(len(settings)), [s.label.replace(",", "\n") for s in settings], fontsize=6.5)
+        ax.set_xticks(range(len(settings)), ["\n".join(map(str, s.values.values())) for s in settings], fontsize=7.5)
+        ax.set_xlabel(" / ".join(keys), fontsize=8)
         ax.set_xlim(-0.6, len(settings) - 0.4)
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3, axis="y")
