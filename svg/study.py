@@ -46,6 +46,15 @@ REFERENCES = {  # each page's paired differences are taken against the setting i
     "lr": "optim.lr=0.0002,train.epochs=10",  # the seed's learning rate
     "beta": "kl.beta_max=1e-05",  # the study preset
 }
+SUMMARY = [  # the per-setting columns of RESULTS.md
+    (M, "PSNR (seed)"),
+    (COPY_LAST, "copy-last (seed)"),
+    ("test/seed/psnr_best_of_n", "best of 10 (seed)"),
+    ("test/svg/psnr_best_of_n", "best of 100 (svg)"),
+    ("test/svg/best_minus_mean", "best − mean (svg)"),
+    ("test/svg/active_units", "active units"),
+    ("test/svg/kl", "KL nats/step"),
+]
 PANELS = [
     (M, "test PSNR, 10 frames, seed protocol (dB)\nred dashes: copy-last"),
     ("test/svg/psnr_best_of_n", "best of 100, 28 frames, svg protocol (dB)"),
@@ -79,8 +88,9 @@ def run_study(
                      lines(name, DECIDERS[name](settings)))  # fmt: skip
         plot_settings(settings, PANELS, out / f"study-{name}.png", f"{config['name']}: mean ± 95% over seeds")
     results = decide(out, STUDIES)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "RESULTS.md").write_text(markdown(results))
+    tables = {name: summary(_settings(out / name)) for name in results}
+    (out / "results.json").write_text(json.dumps({"verdicts": results, "settings": tables}, indent=1) + "\n")
+    (out / "RESULTS.md").write_text(markdown(results, tables))
     sections = [(f"{n}: sweeps/study-{n}.yaml", f"{n}/report/report.html", lines(n, r), out / f"study-{n}.png")
                 for n, r in results.items()]  # fmt: skip
     write_index(out, "svg-sweeps study: verdicts", sections)
@@ -238,9 +248,30 @@ def lines(name: str, result: dict) -> list[str]:
             + (" (collapsed)" if row["collapsed"] else "") for k, row in result.items()]  # fmt: skip
 
 
-def markdown(results: dict) -> str:
-    """The verdicts as the Markdown the README's Results section quotes."""
+def summary(settings: list[Setting]) -> dict:
+    """Per setting, SUMMARY's metrics as mean ± 95% t-interval over seeds."""
+    return {
+        s.label: {m: _iv(mean_ci(list(s.by_seed[m].values()))) for m, _ in SUMMARY if s.by_seed.get(m)}
+        for s in settings
+    }
+
+
+def markdown(results: dict, tables: dict | None = None) -> str:
+    """The verdicts, and per setting the SUMMARY over seeds, as the Markdown the README's Results section quotes."""
     text = ["# Study results", ""]
     for name, result in results.items():
         text += [f"## {name}", *(f"- {line}" for line in lines(name, result)), ""]
+        rows = (tables or {}).get(name)
+        if rows:
+            text += ["| setting | " + " | ".join(head for _, head in SUMMARY) + " |", "|---" * (len(SUMMARY) + 1) + "|"]
+            for label, row in rows.items():
+                cells = [_plain(row.get(metric)) for metric, _ in SUMMARY]
+                text.append(f"| {label} | " + " | ".join(cells) + " |")
+            text.append("")
     return "\n".join(text)
+
+
+def _plain(iv: dict | None) -> str:
+    if iv is None:
+        return "–"
+    return f"{iv['mean']:.2f}" + ("" if iv["half"] is None else f" ± {iv['half']:.2f}")

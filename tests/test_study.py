@@ -96,6 +96,7 @@ def test_a_study_runs_its_sweep_evaluates_every_trial_under_both_protocols_and_r
     protocols = {json.loads(p.read_text())["protocol"]["name"] for p in evaluations}
     assert protocols == {"seed", "svg"}
     assert (out / "study-beta.png").stat().st_size > 5000 and "## beta" in (out / "RESULTS.md").read_text()
+    assert "| kl.beta_max=1e-05 | " in (out / "RESULTS.md").read_text()  # the per-setting table
     page = (out / "beta" / "report" / "report.html").read_text()
     assert "<h2>Verdict</h2>" in page and "beta_max=1e-05: active_units" in page
     assert "Paired differences against kl.beta_max=1e-05" in page  # the study's reference, not the first setting
