@@ -228,23 +228,23 @@ def decide(out: Path, studies: tuple[str, ...]) -> dict:
 def lines(name: str, result: dict) -> list[str]:
     """One study's verdicts and numbers as lines (``**verdict**`` in bold), for RESULTS.md and the report pages."""
 
-    def fmt(iv: dict | None) -> str:
+    def fmt(iv: dict | None, signed: bool = True) -> str:
         if iv is None:
             return "–"
         half = "" if iv["half"] is None else f" ± {iv['half']:.2f}"
-        return f"{iv['mean']:+.2f}{half} (n={iv['n']})"
+        return f"{iv['mean']:{'+' if signed else ''}.2f}{half} (n={iv['n']})"
 
     if name == "annealing":
         return [f"{k}: monotonic − cyclical {fmt(v['monotonic_minus_cyclical'])} dB: **{v['verdict']}**"
                 for k, v in result.items()]  # fmt: skip
     if name == "tfr":
         return [f"verdict: **{result['verdict']}** (best start {result.get('best_start')})"] + [
-            f"start {k}: PSNR {fmt(v['psnr'])}, copy-last {v['copy_last']:.2f}, minus best {fmt(v['minus_best'])}: "
-            f"{v['outcome']}" for k, v in result["starts"].items()]  # fmt: skip
+            f"start {k}: PSNR {fmt(v['psnr'], signed=False)}, copy-last {v['copy_last']:.2f}, "
+            f"minus best {fmt(v['minus_best'])}: {v['outcome']}" for k, v in result["starts"].items()]  # fmt: skip
     if name == "lr":
         return [f"verdict: **{result['verdict']}**"] + [
             f"{k}: 2e-3 − 2e-4 {fmt(v)} dB" for k, v in result["lr_2e-3_minus_2e-4"].items()]  # fmt: skip
-    return [f"{k}: " + ", ".join(f"{m} {fmt(v)}" for m, v in row.items() if m != "collapsed")
+    return [f"{k}: " + ", ".join(f"{m} {fmt(v, m == 'best_minus_mean')}" for m, v in row.items() if m != "collapsed")
             + (" (collapsed)" if row["collapsed"] else "") for k, row in result.items()]  # fmt: skip
 
 

@@ -69,7 +69,7 @@ def test_beta_range_marks_collapse_below_one_active_unit_and_renders_as_markdown
     assert rows["beta_max=1.0"]["collapsed"] and not rows["beta_max=1e-05"]["collapsed"]
     assert rows["beta_max=1e-05"]["best_minus_mean"]["mean"] == pytest.approx(1.1)
     text = markdown({"beta": rows})
-    assert "(collapsed)" in text.splitlines()[3] and "active_units +7.00 ± 2.48 (n=3)" in text
+    assert "(collapsed)" in text.splitlines()[3] and "active_units 7.00 ± 2.48 (n=3)" in text
 
 
 def test_a_study_runs_its_sweep_evaluates_every_trial_under_both_protocols_and_resumes(tmp_path, monkeypatch, request):
