@@ -40,7 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python entrypoints/bench.py --config $(or $(CONFIG),cpu) --out bench/$(or $(CONFIG),cpu).json $(ARGS)
 
 ## the quick demo: beta_max 1 (the seed: the latent collapses) vs 1e-4 vs 1e-5 (used), offline on the CPU preset
-## shortened to 600 iterations per trial (~12 min on 2 cores, estimated; resumes if interrupted), then its report:
+## shortened to 600 iterations per trial (11 min on 2 cores; resumes if interrupted), then its report:
 ## runs/sweep-beta/report/report.html
 sweep: $(STAMP)
 	$(BIN)/python entrypoints/sweep.py sweeps/beta.yaml --out runs/sweep-beta --resume --parallel 2 \
