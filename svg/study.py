@@ -27,11 +27,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from svg.report.collect import collect, varied
+from svg.report.collect import ReportError, collect, varied
 from svg.report.html import write_index, write_report
 from svg.report.plots import plot_settings
 from svg.report.stats import Interval, mean_ci, paired_diff
-from svg.report.study import Setting, group
+from svg.report.study import Setting, group, pick
 from svg.sweeps import SWEEP_FILE, SweepRunner, load_sweep
 
 STUDIES = ("annealing", "tfr", "lr", "beta")  # the seed report's three questions first, then the project's own
@@ -71,9 +71,9 @@ def run_study(
     sweeps: Path = SWEEPS,
     say=print,
 ) -> dict:
-    """Run (or resume) each study's sweep (``sweeps/study-<name>.yaml``), evaluate its finished trials on the first
-    ``sequences[protocol]`` test sequences (None: all), write its report and figure; return the verdicts of every
-    study in OUT so far, also written to OUT/results.json and OUT/RESULTS.md."""
+    """Run (or resume) each study's sweep (``sweeps/study-<name>.yaml``) and evaluate its finished trials on the first
+    ``sequences[protocol]`` test sequences (None: all); then, for every study in OUT so far, its report page and
+    figure, and the verdicts, returned and written to OUT/results.json, OUT/RESULTS.md and OUT/index.html."""
     for name in studies:
         folder = out / name
         config = load_sweep(sweeps / f"study-{name}.yaml")
@@ -83,12 +83,14 @@ def run_study(
         for trial in record["trials"]:
             if trial["state"] == "finished":
                 evaluate_trial(folder / trial["id"], sequences, say)
-        settings = _settings(folder)
-        write_report([folder], folder / "report", f"Study: {config['name']}", _reference(name, settings),
-                     lines(name, DECIDERS[name](settings)))  # fmt: skip
-        plot_settings(settings, PANELS, out / f"study-{name}.png", f"{config['name']}: mean ± 95% over seeds")
-    results = decide(out, STUDIES)
-    tables = {name: summary(_settings(out / name)) for name in results}
+    found = {name: _settings(out / name) for name in STUDIES if (out / name).is_dir()}
+    results = {name: DECIDERS[name](settings) for name, settings in found.items()}
+    tables = {name: summary(settings) for name, settings in found.items()}
+    for name, settings in found.items():
+        title = f"study-{name}"
+        write_report([out / name], out / name / "report", f"Study: {title}", _reference(name, settings),
+                     lines(name, results[name]))  # fmt: skip
+        plot_settings(settings, PANELS, out / f"{title}.png", f"{title}: mean ± 95% over seeds")
     (out / "results.json").write_text(json.dumps({"verdicts": results, "settings": tables}, indent=1) + "\n")
     (out / "RESULTS.md").write_text(markdown(results, tables))
     sections = [(f"{n}: sweeps/study-{n}.yaml", f"{n}/report/report.html", lines(n, r), out / f"study-{n}.png")
@@ -118,8 +120,11 @@ def _settings(folder: Path) -> list[Setting]:
 
 def _reference(name: str, settings: list[Setting]) -> str | None:
     """The study's reference setting when it has finished runs (else the report takes the first setting)."""
-    wanted = set(REFERENCES[name].split(","))
-    return REFERENCES[name] if any(wanted <= set(s.label.split(",")) for s in settings) else None
+    try:
+        pick(settings, REFERENCES[name])
+    except ReportError:
+        return None
+    return REFERENCES[name]
 
 
 def _find(settings: list[Setting], **values) -> Setting | None:
@@ -220,19 +225,11 @@ def beta_range(settings: list[Setting]) -> dict:
 DECIDERS = {"annealing": annealing, "tfr": teacher_forcing, "lr": learning_rate, "beta": beta_range}
 
 
-def decide(out: Path, studies: tuple[str, ...]) -> dict:
-    """Each study's verdicts from its finished and evaluated trials."""
-    return {name: DECIDERS[name](_settings(out / name)) for name in studies if (out / name).is_dir()}
-
-
 def lines(name: str, result: dict) -> list[str]:
     """One study's verdicts and numbers as lines (``**verdict**`` in bold), for RESULTS.md and the report pages."""
 
     def fmt(iv: dict | None, signed: bool = True) -> str:
-        if iv is None:
-            return "–"
-        half = "" if iv["half"] is None else f" ± {iv['half']:.2f}"
-        return f"{iv['mean']:{'+' if signed else ''}.2f}{half} (n={iv['n']})"
+        return _plain(iv, signed) + ("" if iv is None else f" (n={iv['n']})")
 
     if name == "annealing":
         return [f"{k}: monotonic − cyclical {fmt(v['monotonic_minus_cyclical'])} dB: **{v['verdict']}**"
@@ -271,7 +268,7 @@ def markdown(results: dict, tables: dict | None = None) -> str:
     return "\n".join(text)
 
 
-def _plain(iv: dict | None) -> str:
+def _plain(iv: dict | None, signed: bool = False) -> str:
     if iv is None:
         return "–"
-    return f"{iv['mean']:.2f}" + ("" if iv["half"] is None else f" ± {iv['half']:.2f}")
+    return f"{iv['mean']:{'+' if signed else ''}.2f}" + ("" if iv["half"] is None else f" ± {iv['half']:.2f}")
