@@ -112,6 +112,12 @@ class Train(Section):
     log_every: int = Field(10, gt=0, description="log training figures (the only wait for the device) every N steps")
     val_every: int = Field(1, gt=0, description="validate every this many epochs (and after the last)")
     val_sequences: int = Field(128, gt=0, description="validation sequences scored each validation")
+    val_batch_size: int | None = Field(
+        None,
+        gt=0,
+        description="sequences per validation batch (default: data.batch_size); on a GPU a larger batch means "
+        "fewer kernel launches per validated sequence",
+    )
     val_samples: int = Field(
         1, gt=0, description="samples per validation sequence (2 or more also log the best of N, its gain and spread)"
     )

@@ -44,6 +44,12 @@ class Panels:
     best: torch.Tensor
     n_samples: int
 
+    def to_cpu(self) -> Panels:
+        def cpu(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.cpu()
+
+        return Panels(cpu(self.truth), cpu(self.sample), cpu(self.second), cpu(self.best), self.n_samples)
+
     def videos(self) -> list[tuple[str, torch.Tensor]]:
         """(label, video) columns for ``svg.media``: two samples side by side show whether the model
         draws different futures; with one sample there is neither a second nor a best-of column."""
@@ -98,6 +104,12 @@ class _Shown:
         self.best[:, better] = pred[:, better]
         self.score = torch.maximum(score, self.score)
 
+    def panels(self, truth: torch.Tensor, n_past: int, n_samples: int) -> Panels:
+        """The media columns, each led by the context frames of ``truth`` (T, k, 3, H, W)."""
+        context = truth[:n_past]
+        second = None if self.second is None else torch.cat([context, self.second])
+        return Panels(truth, torch.cat([context, self.first]), second, torch.cat([context, self.best]), n_samples)
+
 
 def evaluate(
     model: SVG,
@@ -116,8 +128,8 @@ def evaluate(
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
-    psnr, ssim, cl_psnr, cl_ssim, z_use, diversity, kl_sum, count = [], [], [], [], [], [], None, 0
-    panels = None
+    kept: dict[str, list[torch.Tensor]] = {name: [] for name in ("psnr", "ssim", "cl_psnr", "cl_ssim", "z_use", "div")}
+    kl_sum, count, panels = None, 0, None
     try:
         with torch.no_grad():
             for frames, cond in batches:
@@ -133,43 +145,40 @@ def evaluate(
                     shift = pred if shift is None else shift  # moments about the first sample: no cancellation
                     total += pred - shift
                     total_sq += (pred - shift).square()
-                    batch_psnr.append(psnr_per_frame(pred, target).cpu())
-                    batch_ssim.append(ssim_per_frame(pred, target).float().cpu())
+                    batch_psnr.append(psnr_per_frame(pred, target))
+                    batch_ssim.append(ssim_per_frame(pred, target).float())
                     if k:
-                        shown.add(pred[:, :k].cpu(), batch_psnr[-1][:, :k])
+                        shown.add(pred[:, :k], batch_psnr[-1][:, :k])
                 if k:
-                    context = x[:n_past, :k].cpu()
-                    second = None if shown.second is None else torch.cat([context, shown.second])
-                    panels = Panels(
-                        x[:, :k].cpu(),
-                        torch.cat([context, shown.first]),
-                        second,
-                        torch.cat([context, shown.best]),
-                        n_samples,
-                    )
+                    panels = shown.panels(x[:, :k], n_past, n_samples)
                 variance = (total_sq / n_samples - (total / n_samples).square()).clamp_min(0)
-                diversity.append(variance.sqrt().mean((0, 2, 3, 4)).cpu())
-                psnr.append(torch.stack(batch_psnr))
-                ssim.append(torch.stack(batch_ssim))
-                cl_psnr.append(psnr_per_frame(baseline, target).cpu())
-                cl_ssim.append(ssim_per_frame(baseline, target).float().cpu())
+                kept["div"].append(variance.sqrt().mean((0, 2, 3, 4)))
+                kept["psnr"].append(torch.stack(batch_psnr))
+                kept["ssim"].append(torch.stack(batch_ssim))
+                kept["cl_psnr"].append(psnr_per_frame(baseline, target))
+                kept["cl_ssim"].append(ssim_per_frame(baseline, target).float())
                 kl, use = _latent_use(model, x, c, n_past, rt, gen)
-                z_use.append(use)
+                kept["z_use"].append(use)
                 kl_sum, count = (kl * x.shape[1] if kl_sum is None else kl_sum + kl * x.shape[1]), count + x.shape[1]
     finally:
         model.train(was_training)
     if not count:
         raise ValueError("evaluate: no sequences to score")
+    # One copy to the host at the end: on a GPU nothing above waits for the device.
+    psnr, ssim, cl_psnr, cl_ssim, z_use, diversity = (
+        torch.cat(kept[name], dim).cpu()
+        for name, dim in (("psnr", 2), ("ssim", 2), ("cl_psnr", 1), ("cl_ssim", 1), ("z_use", 0), ("div", 0))
+    )
     return Evaluation(
-        psnr=torch.cat(psnr, 2),
-        ssim=torch.cat(ssim, 2),
-        copy_last_psnr=torch.cat(cl_psnr, 1),
-        copy_last_ssim=torch.cat(cl_ssim, 1),
-        kl_per_dim=kl_sum / count,
-        z_use=torch.cat(z_use),
-        diversity=torch.cat(diversity),
+        psnr=psnr,
+        ssim=ssim,
+        copy_last_psnr=cl_psnr,
+        copy_last_ssim=cl_ssim,
+        kl_per_dim=(kl_sum / count).cpu(),
+        z_use=z_use,
+        diversity=diversity,
         n_past=n_past,
-        panels=panels,
+        panels=None if panels is None else panels.to_cpu(),
     )
 
 
@@ -190,7 +199,7 @@ def _latent_use(
         return (pred.float() - x[1:]).square().mean((0, 2, 3, 4))
 
     use = per_sequence_mse(prior.pred) - per_sequence_mse(posterior.pred)
-    return posterior.kld_per_dim.float().cpu(), use.cpu()
+    return posterior.kld_per_dim.float(), use
 
 
 def mean_ci(per_sequence: torch.Tensor) -> tuple[float, float]:

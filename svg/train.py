@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from svg.checkpoint import architecture_mismatch, atomic_save, load_latest, rng_state, set_rng_state
+from svg.checkpoint import CheckpointWriter, architecture_mismatch, load_latest, rng_state, set_rng_state
 from svg.config import Experiment, to_yaml
 from svg.data import Prefetcher, ensure_synthetic, eval_batches, open_split, train_batches
 from svg.errors import Interrupted, SvgError
@@ -102,6 +102,7 @@ class Trainer:
             set_rng_state(state["rng"], self.tf_gen)
             run_id = state["wandb_id"]
         self.step = make_step(self.parts, cfg.compile)  # eager, compiled, or replayed as CUDA graphs
+        self.writer = CheckpointWriter()
 
         self.tracker = Tracker(exp, out, run_id=run_id, enabled=rt.main)
         if rt.main and resume is not None:
@@ -123,7 +124,9 @@ class Trainer:
             )
         return state
 
-    def checkpoint(self, name: str = "last") -> Path:
+    def checkpoint(self, *names: str) -> None:
+        """Save the run's state as checkpoints/<name>.pt for each name (default: last), written in the
+        background (``CheckpointWriter``); last.pt keeps its predecessor as last.prev.pt."""
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.parts.optimizer.state_dict(),
@@ -138,9 +141,8 @@ class Trainer:
             "config": self.exp.model_dump(mode="json"),
             "wandb_id": self.tracker.run_id,
         }
-        path = self.ckpt_dir / f"{name}.pt"
-        atomic_save(state, path, keep_previous=name == "last")
-        return path
+        names = names or ("last",)
+        self.writer.save(state, [(self.ckpt_dir / f"{name}.pt", name == "last") for name in names])
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -188,6 +190,7 @@ class Trainer:
         finally:
             batches.close()
             bar.close()
+            self.writer.wait()
             for s, handler in previous.items():
                 signal.signal(s, handler)
         if rt.main:
@@ -233,12 +236,11 @@ class Trainer:
             record["kl/per_dim"] = [round(v, 6) for v in means["kl_per_dim"]]
         last = epoch + 1 == cfg.epochs
         media: dict = {}
+        improved = False
         if self.rt.main and ((epoch + 1) % cfg.val_every == 0 or last):
             improved = self._validate(record)
             if self.validations % cfg.media_every == 1 or cfg.media_every == 1 or last:
                 media = self._media(f"epoch{epoch + 1:04d}")
-            if improved:
-                self.checkpoint("best")
             gain = record.get("val/best_minus_mean")
             tqdm.write(
                 f"epoch {epoch + 1}/{cfg.epochs}  val psnr {record['val/psnr']:.2f} dB "
@@ -256,7 +258,7 @@ class Trainer:
                 else {}
             )
             self.tracker.log(record, curves=curves, **media)
-            self.checkpoint()
+            self.checkpoint(*(("last", "best") if improved else ("last",)))
             if "val/psnr" in record:
                 self.tracker.summary(
                     {"val/psnr_final": record["val/psnr"], "val/psnr_copy_last": record["val/psnr_copy_last"]}
@@ -266,7 +268,8 @@ class Trainer:
     def _validate(self, record: dict) -> bool:
         """Score ``train.val_samples`` samples per validation sequence into ``record``; True when val PSNR improved."""
         cfg = self.exp.train
-        batches = eval_batches(self.val_set, self.exp.data.batch_size, limit=cfg.val_sequences)
+        batch_size = cfg.val_batch_size or self.exp.data.batch_size
+        batches = eval_batches(self.val_set, batch_size, limit=cfg.val_sequences)
         ev = evaluate(self.model, batches, cfg.n_past, cfg.val_samples, self.rt, cfg.seed, media_sequences=0)
         sc = summarize(ev, frames=ev.psnr.shape[1])
         self.validations += 1

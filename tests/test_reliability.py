@@ -16,7 +16,7 @@ from conftest import ROOT, entrypoint_main, run_entrypoint
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from svg.checkpoint import load_checkpoint
+from svg.checkpoint import CheckpointWriter, load_checkpoint
 from svg.config import ConfigError, Experiment, OneLineParser, add_experiment_arguments, experiment_from_args
 from svg.errors import SvgError
 from svg.train import Trainer, TrainingStopped
@@ -131,6 +131,30 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(data_root, uninterr
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "last.prev.pt instead" in resumed.stderr
     assert load_checkpoint(last)["iteration"] == 12
+
+
+def test_the_checkpoint_writer_saves_the_state_as_it_was_and_in_order(tmp_path):
+    weights = torch.zeros(3)
+    writer = CheckpointWriter()
+    writer.save({"w": weights, "step": 1, "rng": [torch.ones(2)]}, [(tmp_path / "last.pt", True)])
+    weights.add_(5.0)  # the next steps change the live tensors while the file is written
+    writer.save(
+        {"w": weights, "step": 2, "rng": [torch.ones(2)]}, [(tmp_path / "last.pt", True), (tmp_path / "best.pt", False)]
+    )
+    writer.wait()
+    assert load_checkpoint(tmp_path / "last.prev.pt")["w"].tolist() == [0.0, 0.0, 0.0]
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == load_checkpoint(tmp_path / "best.pt")["step"] == 2
+    assert load_checkpoint(tmp_path / "best.pt")["w"].tolist() == [5.0, 5.0, 5.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.prev.pt", "last.pt"]  # no temp file left
+
+
+def test_a_failed_checkpoint_write_is_raised_naming_the_file(tmp_path):
+    writer = CheckpointWriter()
+    missing = tmp_path / "gone" / "last.pt"
+    writer.save({"w": torch.zeros(1)}, [(missing, True)])
+    with pytest.raises(SvgError, match=rf"^checkpoint {missing}: cannot write \(No such file or directory\)$"):
+        writer.wait()
+    writer.wait()  # said once
 
 
 class Payload:
