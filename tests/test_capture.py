@@ -87,21 +87,28 @@ def float64():
     torch.set_default_dtype(before)
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("teacher_forcing", [True, False])
-def test_compiled_step_trains_as_the_eager_step(float64, teacher_forcing):
+def test_compiled_step_trains_as_the_eager_step(float64, teacher_forcing, device):
     """Learned prior, gradient clipping, beta changing every step: losses, weights, Adam's moments and
-    the batch-norm statistics after each step equal the eager step's, from one graph without breaks."""
+    the batch-norm statistics after each step equal the eager step's, from one graph without breaks.
+    On CUDA the compiled step replays as CUDA graphs: inductor skipped none."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
     frames, cond, eps = batch()
-    initial = tiny("learned")
+    rt = Runtime(torch.device(device), None, channels_last=False)
+    eps = eps.to(rt.device)
+    initial = tiny("learned").to(rt.device)
     runs = {}
     for mode in ("off", "reduce-overhead"):
         model = copy.deepcopy(initial)
-        parts = Parts(model, make_optimizer(model, Optim(grad_clip=0.5)), CPU)
+        parts = Parts(model, make_optimizer(model, Optim(grad_clip=0.5)), rt)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             step = make_step(parts, mode)
@@ -123,3 +130,5 @@ def test_compiled_step_trains_as_the_eager_step(float64, teacher_forcing):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-9)
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert counters["stats"]["unique_graphs"] == 1  # one branch, beta and the batch change without recompiling
+    if device == "cuda":
+        assert counters["inductor"]["cudagraph_skips"] == 0

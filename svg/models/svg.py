@@ -104,10 +104,6 @@ class SVG(nn.Module):
             out = self.decoder(g.flatten(0, 1), [s.flatten(0, 1) for s in skips])
         return out.view(t, b, *out.shape[1:])
 
-    def skip_source(self, t: int, n_past: int) -> int:
-        """Index of the input frame whose skips step t uses, when skips come from ground truth."""
-        return t - 1 if self.last_frame_skip else min(t - 1, n_past - 1)
-
     def initial_states(self, batch: int, device: torch.device) -> tuple:
         """(posterior, learned prior or None, predictor) LSTM states at the start of a sequence."""
         prior = self.prior.initial_state(batch, device) if self.prior else None
@@ -158,7 +154,10 @@ class SVG(nn.Module):
                 g, kl, states = self.latent_step(h_gt[t], h_gt[t - 1], cond[t], eps[t - 1], states, from_prior)
                 gs.append(g)
                 kls.append(kl)
-            index = torch.tensor([self.skip_source(t, n_past) for t in range(1, steps)], device=x.device)
+            # step t decodes with frame t-1's skips (last_frame_skip) or, past the context, the last context
+            # frame's; the index is made on the device, so a compiled graph holds no host constant
+            index = torch.arange(steps - 1, device=x.device)
+            index = index if self.last_frame_skip else index.clamp_max(n_past - 1)
             # plain indexing keeps the skips' memory format (index_select would return them contiguous)
             pred = self.decode_steps(torch.stack(gs), [s[index] for s in skips_gt])
             mse = reconstruction(pred, x[1:]) * (steps - 1)  # every step has as many pixels: sum of step means
