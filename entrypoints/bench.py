@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         "--captured", action="store_true",
         help="also time the captured step (train.compile=reduce-overhead: CUDA graphs; compile default on a CPU)",
     )  # fmt: skip
+    parser.add_argument(
+        "--validation", action="store_true",
+        help="also time one validation as the trainer runs it (train.val_sequences, val_batch_size, val_samples) and "
+        "project an epoch and the whole run",
+    )  # fmt: skip
     parser.add_argument("--threads", type=at_least(1), help="= --train.threads")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= --train.device")
     parser.add_argument("--batch-size", type=at_least(1), help="= --data.batch_size")
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             steps=args.steps, warmup=args.warmup, teacher_forcing=args.teacher_forcing == "on",
             reference=not args.no_reference, eval_batches=args.eval_batches, loader_batches=args.loader_batches,
             loader_workers=args.loader_workers, data_root=args.data_root, step_data=args.step_data,
-            variants=tuple(args.variant), captured=args.captured,
+            variants=tuple(args.variant), captured=args.captured, validation=args.validation,
         )  # fmt: skip
         report = run(exp, opts, preset=Path(args.config).stem)
         out = args.out or Path("bench") / f"{Path(args.config).stem}-{report['device'].split(':')[0]}.json"

@@ -72,6 +72,26 @@ def test_mfu_divides_by_the_dense_peak_of_the_precision_that_ran():
     assert mfu(1e12, "cpu", None, "fp32")["mfu"] is None
 
 
+def test_validation_is_timed_as_the_trainer_runs_it_and_projects_the_run(tmp_path):
+    """Action-free conditions too (the svg preset's): prediction and validation feed the model's own width."""
+    out = tmp_path / "validation.json"
+    proc = run_entrypoint(
+        "bench", "--config", "smoke", "--data.conditions=none", "--steps", "1", "--threads", "1", "--no-reference",
+        "--loader-batches", "0", "--step-data", "random", "--eval-batches", "1", "--validation",
+        "--train.val_sequences=6", "--train.val_batch_size=4", "--train.val_every=2", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    v, step, cfg = r["validation"], r["project"]["step_time_s"], load_experiment("smoke").train
+    assert (v["sequences"], v["batch_size"], v["samples"]) == (6, 4, cfg.val_samples) and v["time_s"] > 0
+    assert v["in_steps"] == {"project": pytest.approx(v["time_s"] / step)}
+    run = r["projection"]["project"]
+    epoch = cfg.iters_per_epoch * step + v["time_s"] / 2
+    assert run["epoch_s"] == pytest.approx(epoch) and run["run_h"] == pytest.approx(cfg.epochs * epoch / 3600)
+    assert run["training_share"] == pytest.approx(cfg.iters_per_epoch * step / epoch)
+    assert r["project"]["eval_seq_per_s"] > 0 and "validate" in proc.stdout
+
+
 @pytest.mark.slow
 def test_captured_arm_runs_as_compile_default_on_a_cpu_and_says_so(tmp_path):
     out = tmp_path / "captured.json"

@@ -1,6 +1,6 @@
 """The timed arms: one model copy each, stepped by ``svg.step.train_step`` (the trainer's step), with
 the config's optimizer (``make_optimizer``, ``optim.lr``, ``optim.grad_clip``). Also: the arms' order
-(alternation), their FLOP count, the ``--variant`` grammar, and the prediction timing.
+(alternation), their FLOP count, the ``--variant`` grammar, and the prediction and validation timings.
 
 The project arm runs the model's own sequence (time-batched) under the runtime the trainer picks; the
 reference arm differs only in ``forward``: the seed's per-frame ``reference_step``, fp32, contiguous,
@@ -21,9 +21,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from svg.bench.machine import mfu
-from svg.config import Optim
-from svg.data import COND_DIM, FRAME_SHAPE
+from svg.config import Experiment, Optim
+from svg.data import FRAME_SHAPE
 from svg.errors import SvgError
+from svg.evaluation import evaluate
 from svg.models import SVG
 from svg.models.reference import reference_step
 from svg.runtime import AMP_DTYPES, Runtime
@@ -170,7 +171,7 @@ def bench_eval(model: SVG, rt: Runtime, batch: int, n_past: int, n_eval: int, ba
     gen = torch.Generator(device=rt.device).manual_seed(0)
     height, width, channels = FRAME_SHAPE
     x = torch.rand(n_past, batch, channels, height, width, device=rt.device)
-    c = torch.randn(n_eval, batch, COND_DIM, device=rt.device)
+    c = torch.randn(n_eval, batch, model.cond_dim, device=rt.device)
     model.eval()
 
     def predict() -> None:
@@ -185,3 +186,23 @@ def bench_eval(model: SVG, rt: Runtime, batch: int, n_past: int, n_eval: int, ba
     elapsed = time.perf_counter() - t0
     model.train()
     return {"eval_seq_per_s": batch * batches / elapsed, "eval_batch_time_s": elapsed / batches, "eval_frames": n_eval}
+
+
+def bench_validation(model: SVG, rt: Runtime, exp: Experiment) -> dict[str, Any]:
+    """Seconds of one validation as the trainer runs it: ``train.val_sequences`` random sequences of
+    ``train.n_eval`` frames in batches of ``train.val_batch_size``, ``train.val_samples`` samples each,
+    scored (PSNR, SSIM, copy-last) with the latent passes, after one untimed batch."""
+    cfg = exp.train
+    n, size = cfg.val_sequences, cfg.val_batch_size or exp.data.batch_size
+    gen = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (n, cfg.n_eval, *FRAME_SHAPE), dtype=torch.uint8, generator=gen)
+    cond = torch.randn(n, cfg.n_eval, model.cond_dim, generator=gen)
+    batches = [(frames[i : i + size], cond[i : i + size]) for i in range(0, n, size)]
+
+    def validate(batches: list) -> float:
+        t0 = time.perf_counter()
+        evaluate(model, batches, cfg.n_past, cfg.val_samples, rt, cfg.seed, media_sequences=0)  # ends on the host
+        return time.perf_counter() - t0
+
+    validate(batches[:1])
+    return {"sequences": n, "batch_size": size, "samples": cfg.val_samples, "time_s": validate(batches)}

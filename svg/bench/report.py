@@ -16,10 +16,20 @@ from typing import Any, Literal
 
 import torch
 
-from svg.bench.arms import REFERENCE, Arm, Setting, alternate, bench_eval, count_flops, make_arm, parse_variant
+from svg.bench.arms import (
+    REFERENCE,
+    Arm,
+    Setting,
+    alternate,
+    bench_eval,
+    bench_validation,
+    count_flops,
+    make_arm,
+    parse_variant,
+)
 from svg.bench.loaders import bench_loaders, dataset_root, step_batches
 from svg.bench.machine import load_average, machine, peak_memory
-from svg.config import Experiment
+from svg.config import Experiment, Train
 from svg.errors import SvgError
 from svg.models import SVG
 from svg.runtime import Runtime, setup_runtime
@@ -50,6 +60,9 @@ class Options:
     captured: bool = False
     """Also time the captured step: ``train.compile=reduce-overhead`` (CUDA graphs; on a CPU it runs as
     compile default, and the report says so in ``compile_ran``)."""
+    validation: bool = False
+    """Also time one validation as the trainer runs it, and project an epoch and the whole run from it
+    and the step times."""
     variants: tuple[str, ...] = ()
     """Extra arms timed in the same alternation, e.g. ``precision=bf16,channels_last=false`` or
     ``step=reference,channels_last=true``: A/B tests of the runtime settings under the same drift."""
@@ -153,6 +166,8 @@ def run(exp: Experiment, opts: Options, preset: str = "") -> dict[str, Any]:
             "n_past": n_past,
             "n_future": cfg.n_future,
             "n_eval": cfg.n_eval,
+            "epochs": cfg.epochs,
+            "iters_per_epoch": cfg.iters_per_epoch,
             "teacher_forcing": tf,
             "precision": rt.precision,
             "channels_last": rt.channels_last,
@@ -188,6 +203,12 @@ def run(exp: Experiment, opts: Options, preset: str = "") -> dict[str, Any]:
             report["variants"][arm.name] = summary
     if opts.eval_batches:
         report["project"].update(bench_eval(project.model, rt, batch, n_past, cfg.n_eval, opts.eval_batches))
+    if opts.validation:
+        validation = bench_validation(project.model, rt, exp)
+        steps = {name: report[name]["step_time_s"] for name in ("project", "captured") if name in report}
+        validation["in_steps"] = {name: validation["time_s"] / step_time for name, step_time in steps.items()}
+        report["validation"] = validation
+        report["projection"] = {name: projection(cfg, t, validation["time_s"]) for name, t in steps.items()}
     if loaders is not None:
         if loaders["cache"]:
             loaders["cache_vs_training"] = loaders["cache"]["seq_per_s"] / report["project"]["train_seq_per_s"]
@@ -196,6 +217,23 @@ def run(exp: Experiment, opts: Options, preset: str = "") -> dict[str, Any]:
     report["load_average"] = {"before": load_before, "after": load_average()}
     report["wall_time_s"] = time.perf_counter() - started
     return report
+
+
+def projection(cfg: Train, step_time: float, validation_time: float) -> dict[str, float]:
+    """A run of ``train.epochs`` x ``train.iters_per_epoch`` steps at ``step_time``, validating every
+    ``train.val_every`` epochs. Left out: compilation, media (every ``train.media_every`` validations) and
+    the checkpoints' copies to the host (written in the background). ``training_share`` is the share of the
+    time spent stepping: the rate a run sustains over the bench's step rate."""
+    epoch = cfg.iters_per_epoch * step_time + validation_time / cfg.val_every
+    return {
+        "epoch_s": epoch,
+        "run_h": cfg.epochs * epoch / 3600,
+        "training_share": cfg.iters_per_epoch * step_time / epoch,
+    }
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:.2f} h" if hours >= 1 else f"{hours * 60:.1f} min"
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
@@ -228,6 +266,14 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      f"{v['project_over_this']:.2f}x its speed)")  # fmt: skip
     if "eval_seq_per_s" in p:
         lines.append(f"predict   {p['eval_seq_per_s']:.2f} seq/s over {p['eval_frames']} frames")
+    if "validation" in report:
+        v = report["validation"]
+        in_steps = ", ".join(f"{k:.0f} {name} steps" for name, k in v["in_steps"].items())
+        lines.append(f"validate  {v['time_s']:.2f} s for {v['sequences']} sequences x {v['samples']} samples, "
+                     f"batches of {v['batch_size']} (= {in_steps})")  # fmt: skip
+        for name, run in report["projection"].items():
+            lines.append(f"run       {s['epochs']} x {s['iters_per_epoch']} steps, {name} step: {_hours(run['run_h'])} "
+                         f"({run['epoch_s']:.1f} s per epoch, {run['training_share']:.0%} of it stepping)")  # fmt: skip
     loader = report.get("loader")
     if loader and loader["cache"] and loader["png"]:
         lines.append(

@@ -75,7 +75,7 @@ class SVG(nn.Module):
             if cfg.prior == "learned"
             else None
         )
-        self.z_dim = cfg.z_dim
+        self.z_dim, self.cond_dim = cfg.z_dim, cond_dim
         self.last_frame_skip = cfg.last_frame_skip
         self.channels_last = False
         self.likelihood = cfg.likelihood
