@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--horizon", type=at_least(1), help="predicted frames per sequence (default: the protocol's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prior samples (default: 0)")
     parser.add_argument("--limit", type=at_least(1), help="score only the first N sequences (default: all)")
-    parser.add_argument("--batch-size", type=at_least(1), help="sequences per batch (default: the checkpoint's)")
+    parser.add_argument(
+        "--batch-size", type=at_least(1), help="sequences per batch (default: the checkpoint's validation batch)"
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default: auto)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="(default: fp32)")
     parser.add_argument(
