@@ -113,18 +113,27 @@ def objective(
 
 
 def update(parts: Parts, loss: torch.Tensor, fig: StepFigures) -> None:
-    """Backward, clipping and the optimizer update; a non-finite loss skips the update on the device."""
+    """Backward, clipping and the optimizer update. A non-finite loss or gradient skips the update on the
+    device, and ``fig.finite`` then says so. The gradients' norm decides, not the loss alone: under DDP
+    it is taken after the all-reduce, so one rank's NaN, which reaches every rank's gradients, makes
+    every rank skip, and their counts of skipped steps agree. (An fp16 loss scaler skips overflowing
+    steps itself; those are not counted as divergence.)"""
     opt, scaler = parts.optimizer, parts.scaler
     scaler.scale(loss).backward()
+    params = [p for p in parts.model.parameters() if p.grad is not None]
+    norm = None
     if parts.grad_clip is not None:
         scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(parts.model.parameters(), parts.grad_clip, foreach=True)
+        norm = torch.nn.utils.clip_grad_norm_(params, parts.grad_clip, foreach=True)
     if scaler.is_enabled():
-        scaler.step(opt)  # the scaler finds the infinities itself, on the device
+        scaler.step(opt)
         scaler.update()
-    else:
-        opt.found_inf = (~fig.finite).float()
-        opt.step()
+        return
+    if norm is None:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+    fig.finite = fig.finite & torch.isfinite(norm)
+    opt.found_inf = (~fig.finite).float()
+    opt.step()
 
 
 def train_step(

@@ -102,6 +102,48 @@ def test_two_gloo_ranks_train_to_identical_weights(smoke_data, tmp_path):
     assert iters.count(1) == 1
 
 
+def _nan_on_one_rank(rank: int, world_size: int, port: int, results: str) -> None:
+    """One eager step of a tiny model under DDP, with NaN noise on rank 1 only."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    from svg.config import Model, Optim
+    from svg.models import SVG
+    from svg.runtime import Runtime
+    from svg.step import Parts, make_optimizer, make_step
+
+    torch.manual_seed(0)
+    model = SVG(Model(encoder="dcgan64", channels=8, g_dim=16, z_dim=4, rnn_size=16, prior="learned"))
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    for clip in (None, 1.0):  # the norm comes from clipping, or is taken for the check alone
+        parts = Parts(
+            model,
+            make_optimizer(model, Optim(grad_clip=clip)),
+            Runtime(torch.device("cpu"), None, False, rank, world_size),
+            clip,
+            forward=ddp,
+        )
+        before = [p.detach().clone() for p in model.parameters()]
+        g = torch.Generator().manual_seed(rank)
+        frames = torch.randint(0, 256, (3, 6, 64, 64, 3), dtype=torch.uint8, generator=g)
+        eps = torch.randn(5, 3, 4, generator=g)
+        fig = make_step(parts, "off")(
+            frames, torch.randn(3, 6, 7, generator=g), 2, True, eps * (float("nan") if rank else 1.0), 1e-4
+        )
+        unchanged = all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+        torch.save({"finite": bool(fig.finite), "unchanged": unchanged}, Path(results) / f"rank{rank}-clip{clip}.pt")
+    dist.destroy_process_group()
+
+
+def test_a_nan_on_one_rank_skips_the_update_on_every_rank(tmp_path):
+    """DDP averages one rank's NaN gradients into every rank's: all must skip, and all must count it."""
+    _spawn(_nan_on_one_rank, (2, _free_port(), str(tmp_path)), nprocs=2, timeout=120)
+    for rank in (0, 1):
+        for clip in (None, 1.0):
+            result = torch.load(tmp_path / f"rank{rank}-clip{clip}.pt", weights_only=True)
+            assert result == {"finite": False, "unchanged": True}, (rank, clip)
+
+
 def test_torchrun_runs_the_train_entrypoint_on_two_cpu_ranks(smoke_data, tmp_path):
     out = tmp_path / "run"
     overrides = [f"--{k}={v}" for k, v in SHORT.items()]
