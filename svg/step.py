@@ -9,6 +9,7 @@ steps stays exact.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from collections.abc import Callable
@@ -53,9 +54,11 @@ class Parts:
     free_bits: float = 0.0
 
     def __post_init__(self) -> None:
-        self.forward = self.forward or self.model
-        fp16_cuda = self.rt.amp_dtype == torch.float16 and self.rt.device.type == "cuda"
-        self.scaler = self.scaler or torch.amp.GradScaler(enabled=fp16_cuda)
+        if self.forward is None:  # (a compiled module has no truth value)
+            self.forward = self.model
+        if self.scaler is None:
+            fp16_cuda = self.rt.amp_dtype == torch.float16 and self.rt.device.type == "cuda"
+            self.scaler = torch.amp.GradScaler(enabled=fp16_cuda)
 
 
 @dataclass
@@ -199,11 +202,18 @@ class CompiledStep:
             where = "a CPU" if rt.device.type != "cuda" else "several processes (DDP)"
             _warn_once(f"train.compile=reduce-overhead runs as default on {where}: no CUDA graphs")
             mode = "default"
-        self.parts, self.mode = parts, mode
-        self.graphs = mode == "reduce-overhead"
+        self.mode, self.graphs = mode, mode == "reduce-overhead"
         self._buffers: dict[str, torch.Tensor] = {}
+        if rt.world_size > 1:
+            # torch.compile is handed the DDP module, its documented use (the graph is split at DDP's buckets,
+            # so that communication overlaps the backward); a compiled function calling DDP would break its
+            # graph at DDP's bookkeeping. Layout and loss then run eagerly around it.
+            self.parts = dataclasses.replace(parts, forward=torch.compile(parts.forward, dynamic=False))
+            self._objective = self._body
+        else:
+            self.parts = parts
+            self._objective = torch.compile(self._body, mode=None if mode == "default" else mode, dynamic=False)
         self._beta = self._buffer("beta", (), torch.float32)
-        self._objective = torch.compile(self._body, mode=None if mode == "default" else mode, dynamic=False)
 
     def _body(self, frames, cond, eps, beta, n_past: int, teacher_forcing: bool):
         x, c = to_model_layout(frames, cond, self.parts.rt)

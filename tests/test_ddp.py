@@ -43,15 +43,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train_rank(rank: int, world_size: int, port: int, data: str, out: str, results: str) -> None:
+def _train_rank(
+    rank: int, world_size: int, port: int, data: str, out: str, results: str, extra: dict | None = None
+) -> None:
     """One rank: the Trainer as torchrun would start it, then its weights saved for the parent to compare."""
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
+    from torch._dynamo.utils import counters
+
     from svg.train import Trainer
 
     exp = load_experiment(
-        "smoke", {**SHORT, "data.root": data, "data.source": "synthetic", "tracking.mode": "disabled"}
+        "smoke", {**SHORT, "data.root": data, "data.source": "synthetic", "tracking.mode": "disabled", **(extra or {})}
     )
     trainer = Trainer(exp, Path(out))
     initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
@@ -62,6 +66,7 @@ def _train_rank(rank: int, world_size: int, port: int, data: str, out: str, resu
             "params": dict(trainer.model.named_parameters()),
             "buffers": dict(trainer.model.named_buffers()),
             "adam": trainer.parts.optimizer.state_dict()["state"],
+            "graphs": counters["stats"]["unique_graphs"],
         },
         Path(results) / f"rank{rank}.pt",
     )
@@ -79,11 +84,15 @@ def _spawn(fn, args: tuple, nprocs: int, timeout: float) -> None:
             pytest.fail(f"DDP ranks still running after {timeout:.0f} s (deadlock?)")
 
 
-def test_two_gloo_ranks_train_to_identical_weights(smoke_data, tmp_path):
+@pytest.mark.parametrize(
+    "compile_mode", ["off", pytest.param("default", marks=pytest.mark.slow, id="compiled")]
+)  # compiled: torch.compile is handed the DDP module
+def test_two_gloo_ranks_train_to_identical_weights(smoke_data, tmp_path, compile_mode):
     results = tmp_path / "results"
     results.mkdir()
     out = tmp_path / "run"
-    _spawn(_train_rank, (2, _free_port(), str(smoke_data), str(out), str(results)), nprocs=2, timeout=150)
+    args = (2, _free_port(), str(smoke_data), str(out), str(results), {"train.compile": compile_mode})
+    _spawn(_train_rank, args, nprocs=2, timeout=150 if compile_mode == "off" else 900)
 
     r0, r1 = (torch.load(results / f"rank{r}.pt", weights_only=True) for r in range(2))
     for name, p in r0["params"].items():
@@ -96,6 +105,8 @@ def test_two_gloo_ranks_train_to_identical_weights(smoke_data, tmp_path):
     # own batch: they differ only if the ranks trained on different sequences, as sharding should make them.
     running = [n for n in r0["buffers"] if n.endswith("running_mean")]
     assert any(not torch.equal(r0["buffers"][n], r1["buffers"][n]) for n in running), "ranks saw the same data"
+    # compiled: the model's forward is one graph per teacher forcing branch (DDP's own wrapper runs eagerly)
+    assert r0["graphs"] == r1["graphs"] and r0["graphs"] in ((0,) if compile_mode == "off" else (1, 2))
     # rank 0 alone writes the run folder
     assert (out / "checkpoints" / "last.pt").is_file()
     iters = [json.loads(line).get("iter") for line in (out / "metrics.jsonl").read_text().splitlines()]
