@@ -39,16 +39,29 @@ def atomic_save(obj: dict, path: Path, keep_previous: bool = False) -> None:
         os.close(dir_fd)
 
 
-def to_host(obj):
-    """A copy of a checkpoint's state on the host that later steps cannot change: tensors copied (from
-    a GPU this waits for the device once), containers rebuilt, plain values kept."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: to_host(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(to_host(v) for v in obj)
-    return obj
+def to_host(state: dict) -> dict:
+    """A copy of a checkpoint's state on the host that later steps cannot change: tensors copied, containers
+    rebuilt, plain values kept. From a GPU the copies go into pinned memory without waiting each, then one
+    wait for all (~400 tensors for the seed model)."""
+    on_gpu = False
+
+    def copy(obj):
+        nonlocal on_gpu
+        if isinstance(obj, torch.Tensor):
+            if obj.device.type == "cpu":
+                return obj.detach().clone()
+            on_gpu = True
+            return torch.empty(obj.shape, dtype=obj.dtype, pin_memory=True).copy_(obj, non_blocking=True)
+        if isinstance(obj, dict):
+            return {k: copy(v) for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return type(obj)(copy(v) for v in obj)
+        return obj
+
+    snapshot = copy(state)
+    if on_gpu:
+        torch.cuda.synchronize()
+    return snapshot
 
 
 class CheckpointWriter:

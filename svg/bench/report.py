@@ -122,6 +122,8 @@ def run(exp: Experiment, opts: Options, preset: str = "") -> dict[str, Any]:
         data = step_batches(
             None if opts.step_data == "random" else root, batch, seq_len, count=4, conditions=exp.data.conditions
         )
+    if rt.device.type == "cuda":  # as the trainer's prefetcher hands them over: copies to the GPU do not block
+        data = [(frames.pin_memory(), cond.pin_memory()) for frames, cond in data]
     gen = torch.Generator().manual_seed(cfg.seed)
     noise = [torch.randn(seq_len - 1, batch, exp.model.z_dim, generator=gen).to(rt.device) for _ in data]
     tf, beta = opts.teacher_forcing, exp.kl.beta_max
