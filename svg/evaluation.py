@@ -96,12 +96,12 @@ class _Shown:
     def add(self, pred: torch.Tensor, psnr: torch.Tensor) -> None:
         score = psnr.mean(0)
         if self.first is None:
-            self.first, self.best, self.score = pred, pred.clone(), score
+            self.first, self.best, self.score = pred, pred, score
             return
         if self.second is None:
             self.second = pred
         better = score > self.score  # strict: ties keep the earlier sample, as best_of_n's argmax does
-        self.best[:, better] = pred[:, better]
+        self.best = torch.where(better.view(1, -1, 1, 1, 1), pred, self.best)  # a mask index would wait for the device
         self.score = torch.maximum(score, self.score)
 
     def panels(self, truth: torch.Tensor, n_past: int, n_samples: int) -> Panels:
