@@ -47,11 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def go() -> None:
+        import torch.distributed as dist
+
         from svg.train import Trainer
 
         exp = experiment_from_args(args)
         out = args.out or default_out(exp)
-        result = Trainer(exp, out, resume=args.resume).fit()
+        try:
+            result = Trainer(exp, out, resume=args.resume).fit()
+        finally:
+            if dist.is_initialized():  # under torchrun: NCCL warns at exit about a group left open
+                dist.destroy_process_group()
         if "val/psnr" in result:
             print(
                 f"done: val psnr {result['val/psnr']:.2f} dB, copy-last {result['val/psnr_copy_last']:.2f} dB, "
