@@ -56,7 +56,7 @@ class Trainer:
         torch.manual_seed(cfg.seed + rt.rank)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
-        self.tf_gen = torch.Generator().manual_seed(cfg.seed + 1000 * rt.rank)
+        self.tf_gen = torch.Generator().manual_seed(cfg.seed)  # one coin for all ranks: one branch, no waiting
 
         data = exp.data
         if data.source == "synthetic" and rt.main:
@@ -183,10 +183,12 @@ class Trainer:
                     result = self._end_epoch(int(progress), b, tfr)
                 elif self.iteration % cfg.checkpoint_every == 0 and rt.main:
                     self.checkpoint()
-                if self.stop_signal is not None:
+                if self._stop_agreed():
                     if rt.main:
                         self.checkpoint()
-                    raise Interrupted(f"stopped by signal {self.stop_signal} at iteration {self.iteration}")
+                    raise Interrupted(
+                        f"stopped by signal {self.stop_signal or 'on another rank'} at iteration {self.iteration}"
+                    )
         finally:
             batches.close()
             bar.close()
@@ -200,6 +202,17 @@ class Trainer:
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signum
+
+    def _stop_agreed(self) -> bool:
+        """Whether to stop now. Under DDP every rank stops at the same iteration, whichever got the signal:
+        they agree every ``train.log_every`` iterations, where the loop waits for the device anyway."""
+        if self.rt.world_size == 1:
+            return self.stop_signal is not None
+        if self.iteration % self.exp.train.log_every:
+            return False
+        flag = torch.tensor([int(self.stop_signal is not None)], device=self.rt.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _log_window(self, epoch: int, b: float, tfr: float, seq_per_s: float, bar: tqdm) -> None:
         """Read the window's figures (the loop's only host sync), stop a diverged run, log."""

@@ -113,6 +113,34 @@ def test_two_gloo_ranks_train_to_identical_weights(smoke_data, tmp_path, compile
     assert iters.count(1) == 1
 
 
+def _signal_on_one_rank(rank: int, world_size: int, port: int, data: str, out: str, results: str) -> None:
+    """The Trainer under DDP where only rank 1 got SIGTERM (as if before its first step)."""
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    from svg.errors import Interrupted
+    from svg.train import Trainer
+
+    overrides = {**SHORT, "train.log_every": 2, "train.iters_per_epoch": 6, "tracking.mode": "disabled"}
+    exp = load_experiment("smoke", {**overrides, "data.root": data, "data.source": "synthetic"})
+    trainer = Trainer(exp, Path(out))
+    if rank == 1:
+        trainer.stop_signal = 15
+    try:
+        trainer.fit()
+    except Interrupted:
+        pass
+    torch.save({"iteration": trainer.iteration}, Path(results) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_iteration(smoke_data, tmp_path):
+    _spawn(_signal_on_one_rank, (2, _free_port(), str(smoke_data), str(tmp_path / "run"), str(tmp_path)), 2, 120)
+    stopped = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["iteration"] for r in range(2)]
+    assert stopped == [2, 2]  # the first train.log_every boundary, not rank 1's first step and rank 0's end
+    assert torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["iteration"] == 2
+
+
 def _nan_on_one_rank(rank: int, world_size: int, port: int, results: str) -> None:
     """One eager step of a tiny model under DDP, with NaN noise on rank 1 only."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
