@@ -35,7 +35,8 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 ## throughput of the project's step vs the seed's per-frame step, loaders, prediction -> bench/<preset>.json
-## (CONFIG=seed for the full VGG model)
+## (CONFIG=seed for the full VGG model; ARGS="--captured --validation" adds the CUDA-graph step, a timed validation
+## and the projected run)
 bench: $(STAMP)
 	$(BIN)/python entrypoints/bench.py --config $(or $(CONFIG),cpu) --out bench/$(or $(CONFIG),cpu).json $(ARGS)
 
