@@ -141,7 +141,11 @@ class Train(Section):
         description="torch.compile the training step: off; default (inductor kernels); or the reduce overhead mode "
         "(inductor kernels replayed as CUDA graphs; runs as default on a CPU); true and false mean default and off",
     )
-    threads: int | None = Field(None, gt=0, description="CPU threads for torch (None: all cores of this process)")
+    threads: int | None = Field(
+        None,
+        gt=0,
+        description="CPU threads for torch (None: all cores of this process; CPU ranks under torchrun share them)",
+    )
     deterministic: bool = Field(False, description="deterministic kernels, for exact resume checks")
 
     @field_validator("compile", mode="before")

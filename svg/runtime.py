@@ -104,6 +104,15 @@ def resolve_channels_last(cfg: Train, device: torch.device, precision: str) -> b
     return precision in ("bf16", "fp16")
 
 
+def cpu_threads(threads: int | None, local_world_size: int, use_cuda: bool) -> int | None:
+    """``train.threads``, else for CPU ranks under torchrun a share of this machine's cores: torchrun sets
+    OMP_NUM_THREADS=1, so two ranks on a 16-core machine would use 2 cores. None: torch's default."""
+    if threads or use_cuda or local_world_size == 1:
+        return threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // local_world_size)
+
+
 def setup_runtime(cfg: Train) -> Runtime:
     """Device, precision, threads and (under torchrun) the process group, from the train section."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -123,8 +132,9 @@ def setup_runtime(cfg: Train) -> Runtime:
         keep_freed_memory()
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = cpu_threads(cfg.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), use_cuda)
+    if threads:
+        torch.set_num_threads(threads)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)

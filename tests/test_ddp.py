@@ -183,6 +183,16 @@ def test_a_nan_on_one_rank_skips_the_update_on_every_rank(tmp_path):
             assert result == {"finite": False, "unchanged": True}, (rank, clip)
 
 
+def test_cpu_ranks_under_torchrun_share_the_cores_unless_threads_are_set():
+    from svg.runtime import cpu_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_threads(None, 2, use_cuda=False) == max(1, cores // 2)
+    assert cpu_threads(None, 4 * cores, use_cuda=False) == 1
+    assert cpu_threads(3, 2, use_cuda=False) == 3
+    assert cpu_threads(None, 1, use_cuda=False) is None and cpu_threads(None, 2, use_cuda=True) is None
+
+
 def test_torchrun_runs_the_train_entrypoint_on_two_cpu_ranks(smoke_data, tmp_path):
     out = tmp_path / "run"
     overrides = [f"--{k}={v}" for k, v in SHORT.items()]
