@@ -190,6 +190,11 @@ class Experiment(BaseModel):
             raise ValueError(f"train.n_eval = {t.n_eval} leaves nothing to predict after {t.n_past} context frames")
         return self
 
+    @property
+    def val_batch_size(self) -> int:
+        """Sequences per validation and evaluation batch: ``train.val_batch_size``, else ``data.batch_size``."""
+        return self.train.val_batch_size or self.data.batch_size
+
 
 PRESETS = ("seed", "svg", "cpu", "study", "smoke")
 

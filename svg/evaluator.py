@@ -103,7 +103,7 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, opts: Options) -> dict:
     root = opts.data_root or exp.data.root
     dataset = open_split(root, opts.split, seq_len=n_past + horizon, conditions=exp.data.conditions)
     n = len(dataset) if opts.limit is None else min(opts.limit, len(dataset))
-    batch_size = opts.batch_size or exp.train.val_batch_size or exp.data.batch_size
+    batch_size = opts.batch_size or exp.val_batch_size
 
     rt = setup_runtime(exp.train.model_copy(update={"device": opts.device, "precision": opts.precision}))
     model.to(rt.device)

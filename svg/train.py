@@ -281,8 +281,7 @@ class Trainer:
     def _validate(self, record: dict) -> bool:
         """Score ``train.val_samples`` samples per validation sequence into ``record``; True when val PSNR improved."""
         cfg = self.exp.train
-        batch_size = cfg.val_batch_size or self.exp.data.batch_size
-        batches = eval_batches(self.val_set, batch_size, limit=cfg.val_sequences)
+        batches = eval_batches(self.val_set, self.exp.val_batch_size, limit=cfg.val_sequences)
         ev = evaluate(self.model, batches, cfg.n_past, cfg.val_samples, self.rt, cfg.seed, media_sequences=0)
         sc = summarize(ev, frames=ev.psnr.shape[1])
         self.validations += 1

@@ -88,3 +88,9 @@ def test_a_named_data_root_is_a_dataset_not_a_place_to_generate(tmp_path):
     assert both.data.source == "synthetic"
     (tmp_path / "mine.yaml").write_text(f"data:\n  root: {tmp_path}\n")
     assert load_experiment(str(tmp_path / "mine.yaml")).data.source == "folder"
+
+
+def test_validation_batches_default_to_the_training_batch():
+    assert load_experiment("cpu").val_batch_size == load_experiment("cpu").data.batch_size == 16
+    assert load_experiment("seed").val_batch_size == 64
+    assert load_experiment("cpu", {"train.val_batch_size": 5}).val_batch_size == 5

@@ -43,21 +43,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train_rank(
-    rank: int, world_size: int, port: int, data: str, out: str, results: str, extra: dict | None = None
-) -> None:
-    """One rank: the Trainer as torchrun would start it, then its weights saved for the parent to compare."""
+def _rank_trainer(rank: int, world_size: int, port: int, data: str, out: str, extra: dict | None = None):
+    """The Trainer of one rank as torchrun would start it, on the smoke preset shortened by SHORT."""
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
-    from torch._dynamo.utils import counters
-
     from svg.train import Trainer
 
-    exp = load_experiment(
-        "smoke", {**SHORT, "data.root": data, "data.source": "synthetic", "tracking.mode": "disabled", **(extra or {})}
-    )
-    trainer = Trainer(exp, Path(out))
+    overrides = {**SHORT, "data.root": data, "data.source": "synthetic", "tracking.mode": "disabled", **(extra or {})}
+    return Trainer(load_experiment("smoke", overrides), Path(out))
+
+
+def _train_rank(
+    rank: int, world_size: int, port: int, data: str, out: str, results: str, extra: dict | None = None
+) -> None:
+    """One rank trained, then its weights saved for the parent to compare."""
+    from torch._dynamo.utils import counters
+
+    trainer = _rank_trainer(rank, world_size, port, data, out, extra)
     initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.fit()
     torch.save(
@@ -115,15 +118,9 @@ def test_two_gloo_ranks_train_to_identical_weights(smoke_data, tmp_path, compile
 
 def _signal_on_one_rank(rank: int, world_size: int, port: int, data: str, out: str, results: str) -> None:
     """The Trainer under DDP where only rank 1 got SIGTERM (as if before its first step)."""
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
     from svg.errors import Interrupted
-    from svg.train import Trainer
 
-    overrides = {**SHORT, "train.log_every": 2, "train.iters_per_epoch": 6, "tracking.mode": "disabled"}
-    exp = load_experiment("smoke", {**overrides, "data.root": data, "data.source": "synthetic"})
-    trainer = Trainer(exp, Path(out))
+    trainer = _rank_trainer(rank, world_size, port, data, out, {"train.log_every": 2, "train.iters_per_epoch": 6})
     if rank == 1:
         trainer.stop_signal = 15
     try:

@@ -193,7 +193,7 @@ def bench_validation(model: SVG, rt: Runtime, exp: Experiment) -> dict[str, Any]
     ``train.n_eval`` frames in batches of ``train.val_batch_size``, ``train.val_samples`` samples each,
     scored (PSNR, SSIM, copy-last) with the latent passes, after one untimed batch."""
     cfg = exp.train
-    n, size = cfg.val_sequences, cfg.val_batch_size or exp.data.batch_size
+    n, size = cfg.val_sequences, exp.val_batch_size
     gen = torch.Generator().manual_seed(0)
     frames = torch.randint(0, 256, (n, cfg.n_eval, *FRAME_SHAPE), dtype=torch.uint8, generator=gen)
     cond = torch.randn(n, cfg.n_eval, model.cond_dim, generator=gen)
