@@ -149,12 +149,14 @@ def set_rng_state(state: dict, tf_gen: torch.Generator) -> None:
 def architecture_mismatch(saved: dict, exp: Experiment) -> list[str]:
     """Config fields whose change would make a checkpoint unusable for this experiment."""
     now = exp.model_dump(mode="json")
+    defaults = Experiment().model_dump(mode="json")  # a setting added since the checkpoint was saved: its default
     fields = [f"model.{k}" for k in now["model"]] + ["train.n_past", "train.n_future", "data.batch_size"]
     diff = []
     for name in fields:
         section, key = name.split(".")
-        if saved.get(section, {}).get(key) != now[section][key]:
-            diff.append(f"{name} ({saved.get(section, {}).get(key)!r} -> {now[section][key]!r})")
+        was = saved.get(section, {}).get(key, defaults[section][key])
+        if was != now[section][key]:
+            diff.append(f"{name} ({was!r} -> {now[section][key]!r})")
     return diff
 
 

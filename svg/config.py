@@ -66,6 +66,21 @@ class Model(Section):
     last_frame_skip: bool = Field(
         False, description="take decoder skips from the latest input frame instead of the last context frame"
     )
+    decoder_condition: bool = Field(
+        False,
+        description="also give the decoder the step's condition at every scale, tiled over the image beside the "
+        "pixel coordinates, so a given position maps to a place in the frame (not in SVG or the seed)",
+    )
+    composite: bool = Field(
+        False,
+        description="the decoder paints a frame and a mask, and the prediction is the mask's blend of the frame the "
+        "skips come from with the painting, so what does not change is copied exactly (not in SVG or the seed)",
+    )
+    predictor_batchnorm: bool = Field(
+        True,
+        description="BatchNorm1d before the frame predictor's tanh, as the seed's text has it (the original SVG "
+        "code leaves it out)",
+    )
 
 
 class KL(Section):
@@ -96,6 +111,11 @@ class Optim(Section):
     beta1: float = Field(0.9, ge=0, lt=1, description="Adam beta1")
     beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value (None: off)")
+    warmup_iters: int = Field(0, ge=0, description="iterations over which the learning rate rises linearly from 0")
+    decay: Literal["none", "cosine"] = Field(
+        "none", description="after the warm-up: keep optim.lr (none), or follow a cosine down to optim.final_lr"
+    )
+    final_lr: float = Field(0.0, ge=0, description="learning rate at the last iteration with decay cosine")
 
 
 class Train(Section):
@@ -136,10 +156,11 @@ class Train(Section):
         description="run convolutions in channels last memory format (on CUDA only eager bf16/fp16 steps use it: "
         "the one case measured faster there)",
     )
-    compile: Literal["off", "default", "reduce-overhead"] = Field(
+    compile: Literal["off", "auto", "default", "reduce-overhead"] = Field(
         "off",
-        description="torch.compile the training step: off; default (inductor kernels); or the reduce overhead mode "
-        "(inductor kernels replayed as CUDA graphs; runs as default on a CPU); true and false mean default and off",
+        description="torch.compile the training step: off; auto (default on a CPU or under DDP, reduce-overhead on "
+        "one GPU); default (inductor kernels); or reduce-overhead (inductor kernels replayed as CUDA graphs; runs "
+        "as default on a CPU); true and false mean default and off. If compiling fails the step runs eagerly",
     )
     threads: int | None = Field(
         None,

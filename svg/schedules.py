@@ -1,4 +1,5 @@
-"""The KL weight beta and the teacher-forcing ratio: pure functions of the epoch.
+"""The KL weight beta and the teacher-forcing ratio, pure functions of the epoch, and the learning
+rate, a pure function of the iteration.
 
 The trainer passes the fractional epoch (iteration / iters_per_epoch), so short runs follow the curve
 instead of aliasing it; ``train.schedule=epoch`` passes whole epochs, as the seed did.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from svg.config import KL, TeacherForcing
+from svg.config import KL, Optim, TeacherForcing
 
 
 def beta(epoch: float, epochs: int, kl: KL) -> float:
@@ -40,3 +41,16 @@ def teacher_forcing_ratio(epoch: float, epochs: int, tfr: TeacherForcing) -> flo
         return 1.0
     step = tfr.decay_step if tfr.decay_step is not None else 1.0 / (epochs - tfr.start_decay_epoch)
     return max(tfr.lower, 1.0 - step * max(0, epoch - tfr.start_decay_epoch))
+
+
+def learning_rate(iteration: int, total: int, optim: Optim) -> float:
+    """Learning rate of the update at 0-based ``iteration`` of ``total``: a linear warm-up over
+    ``warmup_iters`` (the first update already moves, at lr / warmup_iters), then ``lr`` (decay none) or
+    a half cosine from ``lr`` to ``final_lr`` at the last iteration (decay cosine)."""
+    if iteration < optim.warmup_iters:
+        return optim.lr * (iteration + 1) / optim.warmup_iters
+    if optim.decay == "none":
+        return optim.lr
+    span = max(total - 1 - optim.warmup_iters, 1)
+    v = min(1.0, (iteration - optim.warmup_iters) / span)
+    return optim.final_lr + (optim.lr - optim.final_lr) * 0.5 * (1.0 + math.cos(math.pi * v))

@@ -29,7 +29,7 @@ from svg.losses import active_units
 from svg.media import write_gif, write_strip
 from svg.models import SVG
 from svg.runtime import setup_runtime
-from svg.schedules import beta, teacher_forcing_ratio
+from svg.schedules import beta, learning_rate, teacher_forcing_ratio
 from svg.step import Divergence, Parts, Sums, make_optimizer, make_step
 from svg.tracking import METRICS_FILE, Tracker
 
@@ -86,6 +86,7 @@ class Trainer:
             free_bits=exp.kl.free_bits,
         )
         self.iteration, self.best_psnr, self.validations = 0, -math.inf, 0
+        self.elapsed_s, self._clock = 0.0, time.perf_counter()  # training wall time, summed over resumes
         self.window, self.epoch_sums = Sums(exp.model.z_dim, rt.device), Sums(exp.model.z_dim, rt.device)
         self.divergence = Divergence(rt.device)
 
@@ -96,6 +97,7 @@ class Trainer:
             self.parts.scaler.load_state_dict(state["scaler"])
             self.iteration, self.best_psnr = state["iteration"], state["best_psnr"]
             self.validations = state["validations"]
+            self.elapsed_s = state.get("elapsed_s", 0.0)  # absent in checkpoints older than the figure
             self.window.load(state["window"])
             self.epoch_sums.load(state["epoch_sums"])
             self.divergence.counts.copy_(state["divergence"])
@@ -134,6 +136,7 @@ class Trainer:
             "iteration": self.iteration,
             "best_psnr": self.best_psnr,
             "validations": self.validations,
+            "elapsed_s": self.elapsed(),
             "window": self.window.state(),
             "epoch_sums": self.epoch_sums.state(),
             "divergence": self.divergence.counts.cpu(),
@@ -158,12 +161,15 @@ class Trainer:
         bar = tqdm(total=total, initial=self.iteration, disable=not rt.main, unit="it", dynamic_ncols=True)
         result: dict = {}
         window_start, window_iter = time.perf_counter(), self.iteration
+        self._clock = time.perf_counter()
         try:
             while self.iteration < total:
                 progress = self.iteration / cfg.iters_per_epoch
                 if cfg.schedule == "epoch":
                     progress = math.floor(progress)
                 b, tfr = beta(progress, cfg.epochs, exp.kl), teacher_forcing_ratio(progress, cfg.epochs, exp.tfr)
+                for group in self.parts.optimizer.param_groups:
+                    group["lr"] = learning_rate(self.iteration, total, exp.optim)
                 frames, cond = next(batches)
                 frames, cond, batch = frames[:, : self.seq_len], cond[:, : self.seq_len], frames.shape[0]
                 teacher_forcing = bool(torch.rand((), generator=self.tf_gen) < tfr)  # a Python bool: one graph each
@@ -200,6 +206,10 @@ class Trainer:
             self.tracker.finish()
         return result
 
+    def elapsed(self) -> float:
+        """Seconds this run has spent in its training loop (validation included), over every resume."""
+        return self.elapsed_s + time.perf_counter() - self._clock
+
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signum
 
@@ -225,7 +235,9 @@ class Trainer:
         means = self.window.read()
         if not self.rt.main:
             return
+        lr = self.parts.optimizer.param_groups[0]["lr"]
         record = {"iter": self.iteration, "epoch": epoch, "train/skipped_steps": skipped, "beta": b, "tfr": tfr}
+        record["lr"] = lr
         if means is not None:
             record.update({f"train/{k}": v for k, v in means.items() if k != "kl_per_dim"})
             record["train/seq_per_s"] = seq_per_s
@@ -264,6 +276,7 @@ class Trainer:
             )
         if self.rt.world_size > 1:
             dist.barrier()
+        record["time/elapsed_s"] = round(self.elapsed(), 2)
         if self.rt.main:
             curves = (
                 {"val/psnr_per_frame": (record["val/psnr_per_frame"], "predicted frame")}

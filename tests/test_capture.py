@@ -77,6 +77,37 @@ def test_reduce_overhead_runs_as_default_on_a_cpu_with_one_warning():
         CompiledStep(parts, "off")
 
 
+def test_auto_compiles_on_a_cpu_and_a_failing_compiler_falls_back_to_the_eager_step(monkeypatch):
+    """train.compile=auto is default (inductor) on a CPU; when compiling fails the run goes on eagerly,
+    said once, and the step computes what the eager step computes."""
+    from svg.step import resolve_compile
+
+    assert resolve_compile("auto", CPU) == "default" and resolve_compile("off", CPU) == "off"
+    assert load_experiment("smoke", {"train.compile": "auto"}).train.compile == "auto"
+
+    def broken_compile(fn, **kwargs):
+        def compiled(*args, **kw):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    frames, cond, eps = batch()
+    models = [tiny("fixed") for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    parts = [Parts(m, make_optimizer(m, Optim()), CPU) for m in models]
+    _warn_once.cache_clear()
+    step = make_step(parts[0], "auto")
+    assert isinstance(step, CompiledStep) and step.mode == "default"
+    with pytest.warns(UserWarning, match=r"train.compile=default failed \(RuntimeError: InvalidCxxCompiler"):
+        fig = step(frames, cond, 2, True, eps[0], 1e-3)
+    assert step.mode == "off"
+    eager = make_step(parts[1], "off")(frames, cond, 2, True, eps[0], 1e-3)
+    assert fig.loss.item() == eager.loss.item()
+    assert all(torch.equal(p, q) for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True))
+    step(frames, cond, 2, False, eps[1], 1e-3)  # the other branch steps eagerly too
+
+
 @pytest.fixture
 def float64():
     """float64 weights and batches: float32 rounding of gradients that are mathematically zero (the

@@ -3,7 +3,7 @@ import torch
 
 from svg.config import Model
 from svg.models import SVG
-from svg.models.encoders import ARCHITECTURES
+from svg.models.encoders import ARCHITECTURES, ConditionMaps
 from svg.models.reference import reference_step
 
 SMALL = {"g_dim": 16, "z_dim": 4, "rnn_size": 16}
@@ -82,12 +82,80 @@ def test_fast_step_matches_the_per_frame_reference(encoder, teacher_forcing, pri
 @pytest.mark.parametrize("teacher_forcing", [True, False])
 def test_fast_step_fp32_gradients_match_the_reference(teacher_forcing):
     """In fp32 the light encoder's gradients agree to rounding (the 13-BatchNorm VGG stack amplifies
-    fp32 rounding on tiny batches, hence its exact check in float64 above)."""
+    fp32 rounding on tiny batches, hence its exact check in float64 above). On one thread: how a CPU
+    splits a reduction between threads changes its rounding, which the free-running steps amplify to
+    ~5e-4 on some CPUs, while one thread's rounding is the same on every CPU."""
     torch.manual_seed(0)
     model = small_model("dcgan64", prior="learned")
     x, c, eps = torch.rand(6, 8, 3, 64, 64), torch.randn(6, 8, 7), torch.randn(5, 8, 4)
-    _, fast_grads, _, ref_grads = _both_steps(model, x, c, eps, teacher_forcing)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, fast_grads, _, ref_grads = _both_steps(model, x, c, eps, teacher_forcing)
+    finally:
+        torch.set_num_threads(threads)
     assert _relative_error(fast_grads, ref_grads) < 1e-4
+
+
+@pytest.mark.parametrize("encoder", ["dcgan64", "vgg64"])
+@pytest.mark.parametrize("teacher_forcing", [True, False])
+@pytest.mark.parametrize(("decoder_condition", "composite"), [(True, False), (False, True), (True, True)])
+def test_fast_step_matches_the_reference_with_the_departures(encoder, teacher_forcing, decoder_condition, composite):
+    torch.manual_seed(0)
+    model = small_model(encoder, prior="learned", decoder_condition=decoder_condition, composite=composite).double()
+    x, c, eps = torch.rand(5, 3, 3, 64, 64).double(), torch.randn(5, 3, 7).double(), torch.randn(4, 3, 4).double()
+    fast, fast_grads, ref, ref_grads = _both_steps(model, x, c, eps, teacher_forcing)
+    torch.testing.assert_close(fast.pred, ref.pred, rtol=1e-9, atol=1e-12)
+    assert _relative_error(fast_grads, ref_grads) < 1e-9
+
+
+def test_condition_maps_tile_the_condition_beside_pixel_centre_coordinates():
+    maps = ConditionMaps(3)(torch.zeros(2, 5, 4, 8), torch.tensor([[0.5, -1.0, 2.0], [0.0, 0.25, 0.0]]))
+    assert maps.shape == (2, 5, 4, 8)
+    torch.testing.assert_close(maps[1, :3, 2, 5], torch.tensor([0.0, 0.25, 0.0]))  # the condition everywhere
+    torch.testing.assert_close(maps[0, 3, 0], torch.linspace(-7 / 8, 7 / 8, 8))  # x: pixel centres in (-1, 1)
+    torch.testing.assert_close(maps[0, 4, :, 0], torch.tensor([-0.75, -0.25, 0.25, 0.75]))  # y, top to bottom
+    assert ConditionMaps(0).channels == 0
+
+
+def test_the_decoder_sees_the_condition_only_when_asked():
+    """With model.decoder_condition the decoded frame depends on c_t for the same code and skips; without,
+    c_t reaches the frame only through the predictor."""
+    torch.manual_seed(0)
+    for decoder_condition in (False, True):
+        model = small_model("dcgan64", decoder_condition=decoder_condition).eval()
+        h, skips = model.encoder(torch.rand(2, 3, 64, 64))
+        c = torch.randn(2, 7)
+        a, b = model.decode(h, skips, c), model.decode(h, skips, c + 1.0)
+        assert torch.allclose(a, b) is not decoder_condition
+
+
+@pytest.mark.parametrize("last_frame_skip", [False, True])
+def test_a_composite_decoder_whose_mask_is_one_copies_the_frame_its_skips_come_from(last_frame_skip):
+    """mask * frame + (1 - mask) * painting: with the mask saturated at 1 every prediction is the last
+    context frame (or, with last_frame_skip, the latest input: again that frame, copied forward)."""
+    torch.manual_seed(0)
+    model = small_model("dcgan64", composite=True, last_frame_skip=last_frame_skip).double()
+    final = model.decoder.blocks[-1][0]
+    with torch.no_grad():
+        final.weight.zero_()
+        final.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 60.0]))  # paint grey, mask sigmoid(60) = 1 in float64
+    x, c = torch.rand(6, 2, 3, 64, 64).double(), torch.randn(6, 2, 7).double()
+    model.eval()
+    pred = model.predict(x, c, n_past=3)  # predictions come back as float32
+    torch.testing.assert_close(pred, x[2].float().expand_as(pred), rtol=0, atol=1e-7)
+    final.bias.data[3] = -60.0  # mask 0: the painting alone
+    torch.testing.assert_close(model.predict(x, c, n_past=3), torch.full_like(pred, 0.5), rtol=0, atol=1e-7)
+
+
+def test_predictor_batchnorm_is_an_option_on_in_the_seed_off_in_svg():
+    from svg.config import load_experiment
+
+    def has_batchnorm(preset: str) -> bool:
+        model = SVG.for_experiment(load_experiment(preset))
+        return any(isinstance(m, torch.nn.BatchNorm1d) for m in model.predictor.modules())
+
+    assert has_batchnorm("seed") and not has_batchnorm("svg")
 
 
 def test_context_frames_are_ground_truth_without_teacher_forcing():

@@ -224,6 +224,36 @@ def test_a_nan_loss_is_skipped_without_touching_the_weights(data_root, tmp_path,
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
+@pytest.mark.parametrize("teacher_forcing", [True, False])
+def test_a_skipped_step_leaves_the_batchnorm_statistics_as_they_were(teacher_forcing):
+    """A NaN in the noise makes the forward NaN: the update is skipped, and the running statistics the
+    forward had already moved are put back, so eval-mode predictions stay finite."""
+    from svg.config import load_experiment
+    from svg.models import SVG
+    from svg.runtime import Runtime
+    from svg.step import Parts, make_optimizer, train_step
+
+    torch.manual_seed(0)
+    exp = load_experiment("smoke")
+    model = SVG.for_experiment(exp)
+    parts = Parts(model, make_optimizer(model, exp.optim), Runtime(torch.device("cpu"), None))
+    x, c = torch.rand(6, 4, 3, 64, 64), torch.randn(6, 4, 7)
+    eps = torch.randn(5, 4, exp.model.z_dim)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bad = eps.clone()
+    bad[3, 1, 0] = float("nan")
+    fig = train_step(parts, x, c, 2, teacher_forcing, bad, 1e-4)
+    assert not fig.finite
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)
+    model.eval()
+    assert torch.isfinite(model.predict(x, c, 2)).all()
+    model.train()
+    assert train_step(parts, x, c, 2, teacher_forcing, eps, 1e-4).finite  # a good step moves them again
+    moved = [k for k, v in model.state_dict().items() if "running_mean" in k and not torch.equal(v, before[k])]
+    assert len(moved) == sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def test_nan_weights_stop_the_run_and_keep_the_last_good_checkpoint(data_root, tmp_path):
     trainer = Trainer(_smoke(data_root, max_bad_steps=3, log_every=1), tmp_path / "run")
     trainer.checkpoint()

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from svg.config import KL, TeacherForcing
-from svg.schedules import beta, teacher_forcing_ratio
+from svg.config import KL, Optim, TeacherForcing
+from svg.schedules import beta, learning_rate, teacher_forcing_ratio
 
 
 def sigmoid(v):
@@ -86,3 +86,18 @@ def test_teacher_forcing_start_may_be_a_fraction_of_an_epoch():
     assert teacher_forcing_ratio(0.4, 10, tfr) == 1.0
     assert teacher_forcing_ratio(5.2, 10, tfr) == pytest.approx(1 - 4.8 / 9.6)
     assert teacher_forcing_ratio(10, 10, tfr) == pytest.approx(0.0)
+
+
+def test_learning_rate_is_constant_by_default():
+    assert [learning_rate(i, 100, Optim(lr=0.002)) for i in (0, 50, 99)] == [0.002] * 3
+
+
+def test_learning_rate_warms_up_linearly_then_follows_a_cosine_to_its_floor():
+    optim = Optim(lr=0.002, warmup_iters=4, decay="cosine", final_lr=0.0002)
+    # warm-up: the first update already moves (1/4 of lr), the fourth is at lr
+    assert [learning_rate(i, 105, optim) for i in range(4)] == pytest.approx([0.0005, 0.001, 0.0015, 0.002])
+    # then 100 updates from lr (iteration 4) to final_lr (iteration 104): halfway at iteration 54
+    assert learning_rate(4, 105, optim) == pytest.approx(0.002)
+    assert learning_rate(54, 105, optim) == pytest.approx(0.0011)
+    assert learning_rate(29, 105, optim) == pytest.approx(0.0002 + 0.0018 * (1 + math.cos(math.pi / 4)) / 2)
+    assert learning_rate(104, 105, optim) == pytest.approx(0.0002)

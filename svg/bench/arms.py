@@ -37,7 +37,7 @@ StepKind = Literal["project", "reference"]
 
 VARIANT_KEYS = {"step": ("project", "reference"), "precision": ("auto", *AMP_DTYPES),
                 "channels_last": ("true", "false"),
-                "compile": ("off", "default", "reduce-overhead", "true", "false")}  # fmt: skip
+                "compile": ("off", "auto", "default", "reduce-overhead", "true", "false")}  # fmt: skip
 """What ``--variant`` may set, and to what."""
 
 
@@ -115,7 +115,7 @@ class Arm:
             "precision": precision,
             "channels_last": self.parts.rt.channels_last,
             "compile": self.compile,
-            "compile_ran": self.compile_ran,
+            "compile_ran": self.runner.mode if isinstance(self.runner, CompiledStep) else self.compile_ran,
             **self.memory,
             **mfu(self.flops / median, self.parts.rt.device.type, gpu, precision),
         }

@@ -1,7 +1,11 @@
 """Frame encoders and decoders for 64x64 RGB frames: the seed's VGG pair and a lighter DCGAN pair.
 
 Both encoders map frames (N, 3, 64, 64) to (h (N, g_dim), [skip 64/32px, 32/16px, 16/8px, 8/4px]); both
-decoders map (g (N, g_dim), skips) back to frames in [0, 1]. The trainer encodes the frames of many
+decoders map (g (N, g_dim), skips) back to ``out_channels`` maps in [0, 1] (a frame, or a frame and a
+compositing mask). A decoder built with ``cond_dim`` > 0 also
+takes the step's condition (N, cond_dim) and sees it at every scale, tiled over the image beside two
+coordinate channels (``ConditionMaps``): a convolution cannot turn a position given as numbers into a place
+in the image, but with the pixel's own coordinates beside it one layer can. The trainer encodes the frames of many
 time steps as one batch; ``StepBatchNorm2d`` keeps the batch statistics per time step, so a batched
 call computes exactly what one call per step would.
 """
@@ -52,6 +56,40 @@ def per_step_statistics(module: nn.Module, steps: int):
             m.steps = 1
 
 
+class ConditionMaps(nn.Module):
+    """(N, C) condition -> (N, C + 2, h, w): the condition tiled over an h x w grid, then the pixel
+    centres' x and y coordinates in (-1, 1)."""
+
+    def __init__(self, cond_dim: int):
+        super().__init__()
+        self.cond_dim = cond_dim
+
+    @property
+    def channels(self) -> int:
+        return self.cond_dim + 2 if self.cond_dim else 0
+
+    def forward(self, like: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = like.shape
+        ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=like.device, dtype=like.dtype)
+        xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=like.device, dtype=like.dtype)
+        grid = torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)])
+        tiled = cond.to(like.dtype)[:, :, None, None].expand(n, self.cond_dim, h, w)
+        maps = torch.cat([tiled, grid.expand(n, 2, h, w)], 1)
+        return maps.contiguous(memory_format=torch.channels_last) if _channels_last(like) else maps
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _with_condition(maps: ConditionMaps, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    if not maps.cond_dim:
+        return x
+    if cond is None:
+        raise ValueError("this decoder was built with model.decoder_condition: it needs the step's condition")
+    return torch.cat([x, maps(x, cond)], 1)
+
+
 def _encoder_head(cin: int, g_dim: int) -> nn.Sequential:
     """4x4 features -> the g_dim frame code, squashed to (-1, 1)."""
     return nn.Sequential(nn.Conv2d(cin, g_dim, 4, 1, 0), StepBatchNorm2d(g_dim), nn.Tanh())
@@ -92,24 +130,26 @@ class VGGEncoder(nn.Module):
 
 
 class VGGDecoder(nn.Module):
-    def __init__(self, g_dim: int, channels: int = 64):
+    def __init__(self, g_dim: int, channels: int = 64, cond_dim: int = 0, out_channels: int = 3):
         super().__init__()
         c = channels
+        self.condition = ConditionMaps(cond_dim)
+        k = self.condition.channels
         self.head = _decoder_head(g_dim, 8 * c)
         self.blocks = nn.ModuleList(
             [
-                nn.Sequential(_vgg_layer(16 * c, 8 * c), _vgg_layer(8 * c, 8 * c), _vgg_layer(8 * c, 4 * c)),
-                nn.Sequential(_vgg_layer(8 * c, 4 * c), _vgg_layer(4 * c, 4 * c), _vgg_layer(4 * c, 2 * c)),
-                nn.Sequential(_vgg_layer(4 * c, 2 * c), _vgg_layer(2 * c, c)),
-                nn.Sequential(_vgg_layer(2 * c, c), nn.ConvTranspose2d(c, 3, 3, 1, 1), nn.Sigmoid()),
+                nn.Sequential(_vgg_layer(16 * c + k, 8 * c), _vgg_layer(8 * c, 8 * c), _vgg_layer(8 * c, 4 * c)),
+                nn.Sequential(_vgg_layer(8 * c + k, 4 * c), _vgg_layer(4 * c, 4 * c), _vgg_layer(4 * c, 2 * c)),
+                nn.Sequential(_vgg_layer(4 * c + k, 2 * c), _vgg_layer(2 * c, c)),
+                nn.Sequential(_vgg_layer(2 * c + k, c), nn.ConvTranspose2d(c, out_channels, 3, 1, 1), nn.Sigmoid()),
             ]
         )
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
 
-    def forward(self, g: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, g: torch.Tensor, skips: list[torch.Tensor], cond: torch.Tensor | None = None) -> torch.Tensor:
         d = self.head(g[:, :, None, None])
         for block, skip in zip(self.blocks, reversed(skips), strict=True):
-            d = block(torch.cat([self.up(d), skip], 1))
+            d = block(_with_condition(self.condition, torch.cat([self.up(d), skip], 1), cond))
         return d
 
 
@@ -137,23 +177,25 @@ class DCGANEncoder(nn.Module):
 
 
 class DCGANDecoder(nn.Module):
-    def __init__(self, g_dim: int, channels: int = 64):
+    def __init__(self, g_dim: int, channels: int = 64, cond_dim: int = 0, out_channels: int = 3):
         super().__init__()
         c = channels
+        self.condition = ConditionMaps(cond_dim)
+        k = self.condition.channels
         self.head = _decoder_head(g_dim, 8 * c)
         self.blocks = nn.ModuleList(
             [
-                _up(16 * c, 4 * c),
-                _up(8 * c, 2 * c),
-                _up(4 * c, c),
-                nn.Sequential(nn.ConvTranspose2d(2 * c, 3, 4, 2, 1), nn.Sigmoid()),
+                _up(16 * c + k, 4 * c),
+                _up(8 * c + k, 2 * c),
+                _up(4 * c + k, c),
+                nn.Sequential(nn.ConvTranspose2d(2 * c + k, out_channels, 4, 2, 1), nn.Sigmoid()),
             ]
         )
 
-    def forward(self, g: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, g: torch.Tensor, skips: list[torch.Tensor], cond: torch.Tensor | None = None) -> torch.Tensor:
         d = self.head(g[:, :, None, None])
         for block, skip in zip(self.blocks, reversed(skips), strict=True):
-            d = block(torch.cat([d, skip], 1))
+            d = block(_with_condition(self.condition, torch.cat([d, skip], 1), cond))
         return d
 
 

@@ -33,11 +33,13 @@ class _StackedLSTM(nn.Module):
 
 
 class FramePredictor(_StackedLSTM):
-    """[condition, encoding of the input frame, z] -> g_t, the code the decoder turns into a frame."""
+    """[condition, encoding of the input frame, z] -> g_t, the code the decoder turns into a frame: a linear
+    layer, optionally BatchNorm1d, then tanh."""
 
-    def __init__(self, input_size: int, output_size: int, hidden_size: int, layers: int):
+    def __init__(self, input_size: int, output_size: int, hidden_size: int, layers: int, batchnorm: bool = True):
         super().__init__(input_size, hidden_size, layers)
-        self.out = nn.Sequential(nn.Linear(hidden_size, output_size), nn.BatchNorm1d(output_size), nn.Tanh())
+        norm = nn.BatchNorm1d(output_size) if batchnorm else nn.Identity()
+        self.out = nn.Sequential(nn.Linear(hidden_size, output_size), norm, nn.Tanh())
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         h, state = self._run(x, state)

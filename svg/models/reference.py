@@ -22,14 +22,14 @@ def reference_step(
     kls, preds = [], []
     x_pred, skip = None, None
     for t in range(1, steps):
-        h_target = model.encoder(x[t])[0]
+        h_target = model.encode(x[t])[0]
         given = teacher_forcing or t - 1 < n_past
-        h_prev, own_skip = model.encoder(x[t - 1] if given else x_pred)
+        h_prev, own_skip = model.encode(x[t - 1] if given else x_pred)
         if model.last_frame_skip or t - 1 < n_past:
             skip = own_skip
         g, kl, states = model.latent_step(h_target, h_prev, cond[t], eps[t - 1], states)
         kls.append(kl)
-        x_pred = model.decoder(g, skip)
+        x_pred = model.decode(g, skip, cond[t])
         preds.append(x_pred)
         mse = mse + reconstruction(x_pred, x[t])
     return model.result(mse, kls, torch.stack(preds), x)

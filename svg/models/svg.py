@@ -67,8 +67,12 @@ class SVG(nn.Module):
         super().__init__()
         encoder, decoder = ARCHITECTURES[cfg.encoder]
         self.encoder = encoder(cfg.g_dim, cfg.channels)
-        self.decoder = decoder(cfg.g_dim, cfg.channels)
-        self.predictor = FramePredictor(cond_dim + cfg.g_dim + cfg.z_dim, cfg.g_dim, cfg.rnn_size, cfg.predictor_layers)
+        self.composite = cfg.composite
+        decoder_cond = cond_dim if cfg.decoder_condition else 0
+        self.decoder = decoder(cfg.g_dim, cfg.channels, decoder_cond, 4 if cfg.composite else 3)  # 4: frame and mask
+        self.predictor = FramePredictor(
+            cond_dim + cfg.g_dim + cfg.z_dim, cfg.g_dim, cfg.rnn_size, cfg.predictor_layers, cfg.predictor_batchnorm
+        )
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
         self.prior = (
             GaussianLSTM(cfg.g_dim + cond_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_layers)
@@ -90,18 +94,35 @@ class SVG(nn.Module):
     def _image(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Encode frames (N, 3, H, W): h (N, g) and the skips a decoder takes from them; with
+        ``model.composite`` the frame itself is the last skip, the one the prediction blends with."""
+        h, skips = self.encoder(self._image(x))
+        return h, [*skips, self._image(x)] if self.composite else skips
+
     def encode_steps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encode (T, B, 3, H, W) as one batch, statistics per step: h (T, B, g), skips (T, B, C, h, w)."""
         t, b = x.shape[:2]
         with per_step_statistics(self.encoder, t):
-            h, skips = self.encoder(self._image(x.flatten(0, 1)))
+            h, skips = self.encode(x.flatten(0, 1))
         return h.view(t, b, -1), [s.view(t, b, *s.shape[1:]) for s in skips]
 
-    def decode_steps(self, g: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        """Decode (T, B, g) with skips (T, B, C, h, w) as one batch, statistics per step."""
+    def decode(self, g: torch.Tensor, skips: list[torch.Tensor], cond_t: torch.Tensor) -> torch.Tensor:
+        """One step's frame from its code g (B, g), skips and condition (B, C); the decoder sees the
+        condition only when built with ``model.decoder_condition``. With ``model.composite`` it paints a
+        frame and a mask m, and the prediction is m * (the skips' frame) + (1 - m) * painting."""
+        cond = cond_t if self.decoder.condition.cond_dim else None
+        if not self.composite:
+            return self.decoder(g, skips, cond)
+        frame = skips[-1]
+        out = self.decoder(g, skips[:-1], cond).to(frame.dtype)  # blended at the frame's precision
+        return torch.lerp(out[:, :3], frame, out[:, 3:])
+
+    def decode_steps(self, g: torch.Tensor, skips: list[torch.Tensor], cond: torch.Tensor) -> torch.Tensor:
+        """Decode (T, B, g) with skips (T, B, C, h, w) and conditions (T, B, C) as one batch, statistics per step."""
         t, b = g.shape[:2]
         with per_step_statistics(self.decoder, t):
-            out = self.decoder(g.flatten(0, 1), [s.flatten(0, 1) for s in skips])
+            out = self.decode(g.flatten(0, 1), [s.flatten(0, 1) for s in skips], cond.flatten(0, 1))
         return out.view(t, b, *out.shape[1:])
 
     def initial_states(self, batch: int, device: torch.device) -> tuple:
@@ -114,7 +135,7 @@ class SVG(nn.Module):
         a context frame, else the model's own x̂_{t-1} encoded now (its skips only with last_frame_skip)."""
         if t - 1 < n_past:
             return h_known[t - 1], [s[t - 1] for s in skips_known]
-        h, own_skip = self.encoder(self._image(x_prev))
+        h, own_skip = self.encode(x_prev)
         return h, (own_skip if self.last_frame_skip else skip)
 
     def latent_step(self, h_target, h_prev, cond_t, eps_t, states: tuple, from_prior: bool = False):
@@ -159,7 +180,7 @@ class SVG(nn.Module):
             index = torch.arange(steps - 1, device=x.device)
             index = index if self.last_frame_skip else index.clamp_max(n_past - 1)
             # plain indexing keeps the skips' memory format (index_select would return them contiguous)
-            pred = self.decode_steps(torch.stack(gs), [s[index] for s in skips_gt])
+            pred = self.decode_steps(torch.stack(gs), [s[index] for s in skips_gt], cond[1:])
             mse = reconstruction(pred, x[1:]) * (steps - 1)  # every step has as many pixels: sum of step means
         else:
             mse, x_prev, skip, preds = x.new_zeros(()), None, None, []
@@ -167,7 +188,7 @@ class SVG(nn.Module):
                 h_prev, skip = self.input_frame(t, n_past, h_gt, skips_gt, x_prev, skip)
                 g, kl, states = self.latent_step(h_gt[t], h_prev, cond[t], eps[t - 1], states, from_prior)
                 kls.append(kl)
-                x_prev = self.decoder(g, skip)
+                x_prev = self.decode(g, skip, cond[t])
                 preds.append(x_prev)
                 mse = mse + reconstruction(x_prev, x[t])
             pred = torch.stack(preds)
@@ -208,6 +229,6 @@ class SVG(nn.Module):
             z = reparameterize(mu, logvar, noise.to(mu.dtype))
             g, pred_state = self.predictor(torch.cat([cond[t], h_prev, z], 1), pred_state)
             if t >= n_past:
-                x_prev = self.decoder(g, skip)
+                x_prev = self.decode(g, skip, cond[t])
                 outputs.append(x_prev.float())
         return torch.stack(outputs)
