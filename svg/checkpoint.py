@@ -161,8 +161,9 @@ def architecture_mismatch(saved: dict, exp: Experiment) -> list[str]:
 
 
 def load_model(path: Path) -> tuple[SVG, Experiment, dict]:
-    """A checkpoint's model (weights loaded), its experiment and the raw checkpoint dict; SvgError
-    naming the file when it is missing, unreadable or not a checkpoint of this project."""
+    """A checkpoint's model, its experiment and the raw checkpoint dict; SvgError naming the file when it
+    is missing, unreadable or not a checkpoint of this project. The weights are those its run validated
+    with: the moving average (``train.ema_decay``) where the run kept one, else the trained weights."""
     if not path.is_file():
         raise SvgError(f"checkpoint {path}: no such file")
     if not zipfile.is_zipfile(path):  # what torch.save writes; anything else would get torch's long hint
@@ -178,7 +179,7 @@ def load_model(path: Path) -> tuple[SVG, Experiment, dict]:
         raise SvgError(f"checkpoint {path}: its config is invalid ({where}: {first['msg']})") from None
     model = SVG.for_experiment(exp)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("ema", state["model"]))
     except (RuntimeError, TypeError) as e:
         reason = str(e).splitlines()[0]
         raise SvgError(f"checkpoint {path}: weights do not match its model config ({reason})") from None

@@ -143,6 +143,13 @@ class Train(Section):
     )
     media_every: int = Field(5, gt=0, description="log a prediction GIF every this many validations")
     checkpoint_every: int = Field(200, gt=0, description="also save a mid-epoch checkpoint every this many iterations")
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="validate, select best.pt and evaluate with an exponential moving average of the weights and "
+        "BatchNorm statistics, updated every step with this decay (None: the trained weights themselves)",
+    )
     max_bad_steps: int = Field(5, gt=0, description="stop after this many non-finite losses in a row")
     seed: int = Field(1, ge=0, description="random seed of data order, initialisation and sampling")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train (auto: cuda when present)")

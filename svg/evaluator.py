@@ -128,6 +128,7 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, opts: Options) -> dict:
         "split": opts.split,
         "data_root": str(root),
         "seed": opts.seed,
+        "weights": "ema" if "ema" in state else "trained",
         "protocol": {
             "name": protocol.name if (samples, frames, horizon) == as_named else "custom",
             "n_past": n_past,

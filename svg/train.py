@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from svg.checkpoint import CheckpointWriter, architecture_mismatch, load_latest, rng_state, set_rng_state
@@ -85,6 +86,11 @@ class Trainer:
             forward,
             free_bits=exp.kl.free_bits,
         )
+        self.ema = (
+            None
+            if cfg.ema_decay is None
+            else AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        )
         self.iteration, self.best_psnr, self.validations = 0, -math.inf, 0
         self.elapsed_s, self._clock = 0.0, time.perf_counter()  # training wall time, summed over resumes
         self.window, self.epoch_sums = Sums(exp.model.z_dim, rt.device), Sums(exp.model.z_dim, rt.device)
@@ -93,6 +99,9 @@ class Trainer:
         run_id = None
         if state is not None:
             self.model.load_state_dict(state["model"])
+            if self.ema is not None:
+                self.ema.module.load_state_dict(state["ema"])
+                self.ema.n_averaged.fill_(state["ema_steps"])
             self.parts.optimizer.load_state_dict(state["optimizer"])
             self.parts.scaler.load_state_dict(state["scaler"])
             self.iteration, self.best_psnr = state["iteration"], state["best_psnr"]
@@ -141,6 +150,7 @@ class Trainer:
             "epoch_sums": self.epoch_sums.state(),
             "divergence": self.divergence.counts.cpu(),
             "rng": rng_state(self.tf_gen),
+            **({} if self.ema is None else {"ema": self.ema.module.state_dict(), "ema_steps": self.ema.n_averaged}),
             "config": self.exp.model_dump(mode="json"),
             "wandb_id": self.tracker.run_id,
         }
@@ -175,18 +185,20 @@ class Trainer:
                 teacher_forcing = bool(torch.rand((), generator=self.tf_gen) < tfr)  # a Python bool: one graph each
                 eps = torch.randn(self.seq_len - 1, batch, exp.model.z_dim, device=rt.device)
                 fig = self.step(frames, cond, cfg.n_past, teacher_forcing, eps, b)
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
                 for sums in (self.window, self.epoch_sums):
                     sums.add(fig, teacher_forcing)
                 self.divergence.add(fig.finite)
                 self.iteration += 1
                 bar.update()
                 if self.iteration % cfg.log_every == 0 or self.iteration % cfg.iters_per_epoch == 0:
-                    elapsed = time.perf_counter() - window_start
                     seqs = (self.iteration - window_iter) * batch * rt.world_size
-                    self._log_window(int(progress), b, tfr, seqs / elapsed, bar)
-                    window_start, window_iter = time.perf_counter(), self.iteration
+                    window_start = self._log_window(int(progress), b, tfr, seqs, window_start, bar)
+                    window_iter = self.iteration
                 if self.iteration % cfg.iters_per_epoch == 0:
                     result = self._end_epoch(int(progress), b, tfr)
+                    window_start = time.perf_counter()  # the training rate leaves validation out
                 elif self.iteration % cfg.checkpoint_every == 0 and rt.main:
                     self.checkpoint()
                 if self._stop_agreed():
@@ -224,9 +236,13 @@ class Trainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def _log_window(self, epoch: int, b: float, tfr: float, seq_per_s: float, bar: tqdm) -> None:
-        """Read the window's figures (the loop's only host sync), stop a diverged run, log."""
+    def _log_window(self, epoch: int, b: float, tfr: float, seqs: int, started: float, bar: tqdm) -> float:
+        """Read the window's figures (the loop's only host sync), stop a diverged run, log. The window's
+        rate is ``seqs`` over the time from ``started`` to the end of the sync, so that it counts the wait
+        for the device; returns that moment, the next window's start."""
         skipped, longest = self.divergence.read()
+        now = time.perf_counter()
+        seq_per_s = seqs / (now - started)
         if longest >= self.exp.train.max_bad_steps:
             raise TrainingStopped(
                 f"training diverged: {longest} non-finite losses in a row before iteration {self.iteration}; "
@@ -234,7 +250,7 @@ class Trainer:
             )
         means = self.window.read()
         if not self.rt.main:
-            return
+            return now
         lr = self.parts.optimizer.param_groups[0]["lr"]
         record = {"iter": self.iteration, "epoch": epoch, "train/skipped_steps": skipped, "beta": b, "tfr": tfr}
         record["lr"] = lr
@@ -243,6 +259,7 @@ class Trainer:
             record["train/seq_per_s"] = seq_per_s
             bar.set_postfix(loss=f"{means['loss']:.4f}", kld=f"{means['kld']:.3g}", beta=f"{b:.3g}", tfr=f"{tfr:.2f}")
         self.tracker.log(record)
+        return now
 
     # -- the end of an epoch -------------------------------------------------------------------
     def _end_epoch(self, epoch: int, b: float, tfr: float) -> dict:
@@ -291,11 +308,16 @@ class Trainer:
                 )
         return record
 
+    @property
+    def scored_model(self) -> SVG:
+        """What validation, media and best.pt use: the weights' moving average when the run keeps one."""
+        return self.model if self.ema is None else self.ema.module
+
     def _validate(self, record: dict) -> bool:
         """Score ``train.val_samples`` samples per validation sequence into ``record``; True when val PSNR improved."""
         cfg = self.exp.train
         batches = eval_batches(self.val_set, self.exp.val_batch_size, limit=cfg.val_sequences)
-        ev = evaluate(self.model, batches, cfg.n_past, cfg.val_samples, self.rt, cfg.seed, media_sequences=0)
+        ev = evaluate(self.scored_model, batches, cfg.n_past, cfg.val_samples, self.rt, cfg.seed, media_sequences=0)
         sc = summarize(ev, frames=ev.psnr.shape[1])
         self.validations += 1
         improved = sc["psnr"] > self.best_psnr
@@ -307,7 +329,7 @@ class Trainer:
         """A GIF and a strip of ground truth, a sample and the best of several, for the first sequences."""
         cfg = self.exp.train
         batches = eval_batches(self.val_set, MEDIA_SEQUENCES, limit=MEDIA_SEQUENCES)
-        shown = evaluate(self.model, batches, cfg.n_past, MEDIA_SAMPLES, self.rt, cfg.seed).panels.videos()
+        shown = evaluate(self.scored_model, batches, cfg.n_past, MEDIA_SAMPLES, self.rt, cfg.seed).panels.videos()
         return {
             "gifs": {"media/prediction": write_gif(self.media_dir / f"{name}.gif", shown, cfg.n_past)},
             "images": {"media/strip": write_strip(self.media_dir / f"{name}_strip.png", shown, cfg.n_past)},

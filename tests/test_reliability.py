@@ -197,6 +197,52 @@ def _smoke(data_root, **train) -> Experiment:
     return exp
 
 
+def test_the_moving_average_is_the_hand_computed_one_and_resumes_exactly(data_root, tmp_path):
+    """train.ema_decay 0.75: after step k the average is 0.75 * average + 0.25 * weights_k (the first step's
+    weights themselves), buffers included; best.pt and evaluation use it; a run stopped after its first
+    checkpoint and resumed ends with the same average as one that was not."""
+    from svg.checkpoint import load_model
+    from svg.errors import Interrupted
+
+    trainer = Trainer(_smoke(data_root, ema_decay=0.75, deterministic=True), tmp_path / "full")
+    step, trajectory = trainer.step, []
+
+    def recording(*args):
+        fig = step(*args)
+        trajectory.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+        return fig
+
+    trainer.step = recording
+    trainer.fit()
+    expected = dict(trajectory[0])
+    for weights in trajectory[1:]:
+        expected = {k: 0.75 * expected[k] + 0.25 * v if v.is_floating_point() else v for k, v in weights.items()}
+    last = load_checkpoint(tmp_path / "full/checkpoints/last.pt")
+    for name in ("decoder.head.0.weight", "encoder.blocks.0.1.running_mean", "predictor.out.1.running_var"):
+        torch.testing.assert_close(last["ema"][name], expected[name], rtol=1e-6, atol=1e-7, msg=name)
+    assert not torch.equal(last["ema"]["decoder.head.0.weight"], last["model"]["decoder.head.0.weight"])
+    model, _, _ = load_model(tmp_path / "full/checkpoints/last.pt")
+    torch.testing.assert_close(model.state_dict()["decoder.head.0.weight"], last["ema"]["decoder.head.0.weight"])
+
+    stopped = Trainer(_smoke(data_root, ema_decay=0.75, deterministic=True), tmp_path / "stopped")
+    first = stopped.step
+
+    def stop_after_four(*args):
+        fig = first(*args)
+        if stopped.iteration == 3:  # the step that makes iteration 4
+            stopped.stop_signal = signal.SIGTERM
+        return fig
+
+    stopped.step = stop_after_four
+    with pytest.raises(Interrupted):
+        stopped.fit()
+    Trainer(_smoke(data_root, ema_decay=0.75, deterministic=True), tmp_path / "stopped", resume="auto").fit()
+    resumed = load_checkpoint(tmp_path / "stopped/checkpoints/last.pt")
+    assert resumed["iteration"] == last["iteration"] == 6
+    for name, tensor in last["ema"].items():
+        torch.testing.assert_close(resumed["ema"][name], tensor, rtol=0, atol=0, msg=name)
+
+
 def _poison(trainer: Trainer, at: int) -> None:
     """Make the loss of the ``at``-th step NaN."""
     real, calls = trainer.parts.forward, {"n": 0}

@@ -1,4 +1,4 @@
-"""The package's shape: no import cycles in svg/ (imports inside functions count), one concern per module."""
+"""The package's shape: no import cycles in svg/ (imports inside functions count), every module says what it owns."""
 
 import ast
 from pathlib import Path
@@ -68,9 +68,7 @@ def test_training_imports_nothing_that_imports_it_back():
     assert not any("svg.train" in targets for module, targets in graph.items() if module != "svg.train")
 
 
-def test_modules_say_what_they_own_and_stay_small():
+def test_modules_say_what_they_own():
     for path in (ROOT / "svg").rglob("*.py"):
-        text = path.read_text()
         if path.name != "__init__.py":
-            assert ast.get_docstring(ast.parse(text)), f"{path} has no opening docstring"
-        assert len(text.splitlines()) <= 320, f"{path} has {len(text.splitlines())} lines"
+            assert ast.get_docstring(ast.parse(path.read_text())), f"{path} has no opening docstring"
