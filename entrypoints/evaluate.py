@@ -41,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch-size", type=at_least(1), help="sequences per batch (default: the checkpoint's validation batch)"
     )
+    parser.add_argument(
+        "--weights",
+        choices=["auto", "ema", "trained"],
+        default="auto",
+        help="the moving average of the weights (runs with train.ema_decay) or the trained weights themselves "
+        "(default: auto, the moving average where the checkpoint has one, the weights its run validated with)",
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="(default: auto)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="(default: fp32)")
     parser.add_argument(
@@ -57,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = Options(
             split=args.split, protocol=args.protocol, data_root=args.data_root, samples=args.samples,
             frames=args.frames, horizon=args.horizon, seed=args.seed,
-            limit=args.limit, batch_size=args.batch_size,
+            limit=args.limit, batch_size=args.batch_size, weights=args.weights,
             device=args.device, precision=args.precision, tracking=args.tracking, progress=not args.no_progress,
         )  # fmt: skip
         out = args.out or default_output(args.checkpoint, args.split)

@@ -160,10 +160,19 @@ def architecture_mismatch(saved: dict, exp: Experiment) -> list[str]:
     return diff
 
 
-def load_model(path: Path) -> tuple[SVG, Experiment, dict]:
-    """A checkpoint's model, its experiment and the raw checkpoint dict; SvgError naming the file when it
-    is missing, unreadable or not a checkpoint of this project. The weights are those its run validated
-    with: the moving average (``train.ema_decay``) where the run kept one, else the trained weights."""
+def model_weights(state: dict, weights: str = "auto") -> str:
+    """Which weights ``load_model`` takes: ``ema`` (the moving average of ``train.ema_decay``) or
+    ``trained``; auto means the moving average where the checkpoint has one, the weights its run
+    validated with."""
+    if weights == "auto":
+        return "ema" if "ema" in state else "trained"
+    return weights
+
+
+def load_model(path: Path, weights: str = "auto") -> tuple[SVG, Experiment, dict]:
+    """A checkpoint's model with the ``weights`` asked for (``model_weights``), its experiment and the raw
+    checkpoint dict; SvgError naming the file when it is missing, unreadable, not a checkpoint of this
+    project, or without a moving average that was asked for."""
     if not path.is_file():
         raise SvgError(f"checkpoint {path}: no such file")
     if not zipfile.is_zipfile(path):  # what torch.save writes; anything else would get torch's long hint
@@ -177,9 +186,11 @@ def load_model(path: Path) -> tuple[SVG, Experiment, dict]:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise SvgError(f"checkpoint {path}: its config is invalid ({where}: {first['msg']})") from None
+    if model_weights(state, weights) == "ema" and "ema" not in state:
+        raise SvgError(f"checkpoint {path}: has no moving average of the weights (its run had no train.ema_decay)")
     model = SVG.for_experiment(exp)
     try:
-        model.load_state_dict(state.get("ema", state["model"]))
+        model.load_state_dict(state[{"ema": "ema", "trained": "model"}[model_weights(state, weights)]])
     except (RuntimeError, TypeError) as e:
         reason = str(e).splitlines()[0]
         raise SvgError(f"checkpoint {path}: weights do not match its model config ({reason})") from None

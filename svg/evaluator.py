@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from svg.checkpoint import load_model
+from svg.checkpoint import load_model, model_weights
 from svg.data import SEQ_LEN, eval_batches, open_split
 from svg.errors import SvgError
 from svg.evaluation import evaluate, summarize
@@ -69,6 +69,8 @@ class Options:
     limit: int | None = None
     batch_size: int | None = None
     """None: the checkpoint's train.val_batch_size, else its data.batch_size."""
+    weights: str = "auto"
+    """ema, trained, or auto: the moving average where the checkpoint has one (``svg.checkpoint.load_model``)."""
     device: str = "auto"
     precision: str = "fp32"
     tracking: str | None = None
@@ -85,7 +87,7 @@ def default_output(checkpoint: Path, split: str) -> Path:
 def evaluate_checkpoint(checkpoint: Path, out: Path, opts: Options) -> dict:
     """Evaluate a checkpoint on a split; write the results JSON, a GIF, a strip and a per-frame plot
     beside it, and log them to the checkpoint's W&B run (resumed by id; a new run if it has none)."""
-    model, exp, state = load_model(checkpoint)
+    model, exp, state = load_model(checkpoint, opts.weights)
     n_past = exp.train.n_past
     protocol = PROTOCOLS[opts.protocol]
     if protocol.n_past not in (None, n_past):
@@ -128,7 +130,7 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, opts: Options) -> dict:
         "split": opts.split,
         "data_root": str(root),
         "seed": opts.seed,
-        "weights": "ema" if "ema" in state else "trained",
+        "weights": model_weights(state, opts.weights),
         "protocol": {
             "name": protocol.name if (samples, frames, horizon) == as_named else "custom",
             "n_past": n_past,

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -132,8 +134,9 @@ def test_the_decoder_sees_the_condition_only_when_asked():
 
 @pytest.mark.parametrize("last_frame_skip", [False, True])
 def test_a_composite_decoder_whose_mask_is_one_copies_the_frame_its_skips_come_from(last_frame_skip):
-    """mask * frame + (1 - mask) * painting: with the mask saturated at 1 every prediction is the last
-    context frame (or, with last_frame_skip, the latest input: again that frame, copied forward)."""
+    """mask * gain * frame + (1 - mask) * painting: with the mask saturated at 1 every prediction is the last
+    context frame (or, with last_frame_skip, the latest input: again that frame, copied forward), times the
+    gain; with the mask at 0 it is the painting."""
     torch.manual_seed(0)
     model = small_model("dcgan64", composite=True, last_frame_skip=last_frame_skip).double()
     final = model.decoder.blocks[-1][0]
@@ -144,6 +147,11 @@ def test_a_composite_decoder_whose_mask_is_one_copies_the_frame_its_skips_come_f
     model.eval()
     pred = model.predict(x, c, n_past=3)  # predictions come back as float32
     torch.testing.assert_close(pred, x[2].float().expand_as(pred), rtol=0, atol=1e-7)
+    model.gain.bias.data.fill_(torch.atanh(torch.tensor(4 * math.log(1.2))).item())  # exp(0.25 tanh(b)) = 1.2
+    pred = model.predict(x, c, n_past=3)
+    powers = torch.arange(1, 4.0).double() if last_frame_skip else torch.ones(3).double()  # gained again each step
+    expected = 1.2 ** powers.view(3, 1, 1, 1, 1) * x[2]
+    torch.testing.assert_close(pred, expected.float(), rtol=0, atol=1e-6)
     final.bias.data[3] = -60.0  # mask 0: the painting alone
     torch.testing.assert_close(model.predict(x, c, n_past=3), torch.full_like(pred, 0.5), rtol=0, atol=1e-7)
 

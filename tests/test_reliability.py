@@ -221,8 +221,9 @@ def test_the_moving_average_is_the_hand_computed_one_and_resumes_exactly(data_ro
     for name in ("decoder.head.0.weight", "encoder.blocks.0.1.running_mean", "predictor.out.1.running_var"):
         torch.testing.assert_close(last["ema"][name], expected[name], rtol=1e-6, atol=1e-7, msg=name)
     assert not torch.equal(last["ema"]["decoder.head.0.weight"], last["model"]["decoder.head.0.weight"])
-    model, _, _ = load_model(tmp_path / "full/checkpoints/last.pt")
-    torch.testing.assert_close(model.state_dict()["decoder.head.0.weight"], last["ema"]["decoder.head.0.weight"])
+    for weights, key in (("auto", "ema"), ("ema", "ema"), ("trained", "model")):
+        model, _, _ = load_model(tmp_path / "full/checkpoints/last.pt", weights)
+        torch.testing.assert_close(model.state_dict()["decoder.head.0.weight"], last[key]["decoder.head.0.weight"])
 
     stopped = Trainer(_smoke(data_root, ema_decay=0.75, deterministic=True), tmp_path / "stopped")
     first = stopped.step
@@ -241,6 +242,10 @@ def test_the_moving_average_is_the_hand_computed_one_and_resumes_exactly(data_ro
     assert resumed["iteration"] == last["iteration"] == 6
     for name, tensor in last["ema"].items():
         torch.testing.assert_close(resumed["ema"][name], tensor, rtol=0, atol=0, msg=name)
+
+    Trainer(_smoke(data_root, deterministic=True), tmp_path / "plain").fit()
+    with pytest.raises(SvgError, match=r"plain/checkpoints/last.pt: has no moving average of the weights"):
+        load_model(tmp_path / "plain/checkpoints/last.pt", "ema")
 
 
 def _poison(trainer: Trainer, at: int) -> None:

@@ -68,6 +68,12 @@ class SVG(nn.Module):
         encoder, decoder = ARCHITECTURES[cfg.encoder]
         self.encoder = encoder(cfg.g_dim, cfg.channels)
         self.composite = cfg.composite
+        # the copied frame's gain per colour channel (exposure, a room light): exp(0.25 tanh(.)) in [0.78, 1.28],
+        # 1 at the start
+        self.gain = nn.Linear(cfg.g_dim, 3) if cfg.composite else None
+        if self.gain is not None:
+            nn.init.zeros_(self.gain.weight)
+            nn.init.zeros_(self.gain.bias)
         decoder_cond = cond_dim if cfg.decoder_condition else 0
         self.decoder = decoder(cfg.g_dim, cfg.channels, decoder_cond, 4 if cfg.composite else 3)  # 4: frame and mask
         self.predictor = FramePredictor(
@@ -110,13 +116,15 @@ class SVG(nn.Module):
     def decode(self, g: torch.Tensor, skips: list[torch.Tensor], cond_t: torch.Tensor) -> torch.Tensor:
         """One step's frame from its code g (B, g), skips and condition (B, C); the decoder sees the
         condition only when built with ``model.decoder_condition``. With ``model.composite`` it paints a
-        frame and a mask m, and the prediction is m * (the skips' frame) + (1 - m) * painting."""
+        frame and a mask m, and the prediction is m * gain * (the skips' frame) + (1 - m) * painting, the
+        gain per colour channel a function of g."""
         cond = cond_t if self.decoder.condition.cond_dim else None
         if not self.composite:
             return self.decoder(g, skips, cond)
         frame = skips[-1]
         out = self.decoder(g, skips[:-1], cond).to(frame.dtype)  # blended at the frame's precision
-        return torch.lerp(out[:, :3], frame, out[:, 3:])
+        gain = torch.exp(0.25 * torch.tanh(self.gain(g).to(frame.dtype)))[:, :, None, None]
+        return torch.lerp(out[:, :3], frame * gain, out[:, 3:])
 
     def decode_steps(self, g: torch.Tensor, skips: list[torch.Tensor], cond: torch.Tensor) -> torch.Tensor:
         """Decode (T, B, g) with skips (T, B, C, h, w) and conditions (T, B, C) as one batch, statistics per step."""
