@@ -74,7 +74,7 @@ class Model(Section):
     composite: bool = Field(
         False,
         description="the decoder paints a frame and a mask, and the prediction is the mask's blend of the frame the "
-        "skips come from (times a gain per colour channel: exposure) with the painting, so what does not change is "
+        "skips come from with the painting, so what does not change is "
         "copied (not in SVG or the seed)",
     )
     predictor_batchnorm: bool = Field(

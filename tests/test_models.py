@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 
@@ -134,12 +132,13 @@ def test_the_decoder_sees_the_condition_only_when_asked():
 
 @pytest.mark.parametrize("last_frame_skip", [False, True])
 def test_a_composite_decoder_whose_mask_is_one_copies_the_frame_its_skips_come_from(last_frame_skip):
-    """mask * gain * frame + (1 - mask) * painting: with the mask saturated at 1 every prediction is the last
-    context frame (or, with last_frame_skip, the latest input: again that frame, copied forward), times the
-    gain; with the mask at 0 it is the painting."""
+    """mask * frame + (1 - mask) * painting: with the mask saturated at 1 every prediction is the last context
+    frame (or, with last_frame_skip, the latest input: again that frame, copied forward); with the mask at 0 it
+    is the painting; a new model's mask starts at sigmoid(2)."""
     torch.manual_seed(0)
     model = small_model("dcgan64", composite=True, last_frame_skip=last_frame_skip).double()
     final = model.decoder.blocks[-1][0]
+    assert final.bias[3].item() == 2.0
     with torch.no_grad():
         final.weight.zero_()
         final.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 60.0]))  # paint grey, mask sigmoid(60) = 1 in float64
@@ -147,11 +146,10 @@ def test_a_composite_decoder_whose_mask_is_one_copies_the_frame_its_skips_come_f
     model.eval()
     pred = model.predict(x, c, n_past=3)  # predictions come back as float32
     torch.testing.assert_close(pred, x[2].float().expand_as(pred), rtol=0, atol=1e-7)
-    model.gain.bias.data.fill_(torch.atanh(torch.tensor(4 * math.log(1.2))).item())  # exp(0.25 tanh(b)) = 1.2
-    pred = model.predict(x, c, n_past=3)
-    powers = torch.arange(1, 4.0).double() if last_frame_skip else torch.ones(3).double()  # gained again each step
-    expected = 1.2 ** powers.view(3, 1, 1, 1, 1) * x[2]
-    torch.testing.assert_close(pred, expected.float(), rtol=0, atol=1e-6)
+    final.bias.data[3] = 0.0  # mask 0.5: halfway between grey and the frame, halved again each step when it is fed back
+    halvings = torch.arange(1, 4.0) if last_frame_skip else torch.ones(3)
+    expected = 0.5 + (x[2].float() - 0.5) / 2 ** halvings.view(3, 1, 1, 1, 1)
+    torch.testing.assert_close(model.predict(x, c, n_past=3), expected, rtol=0, atol=1e-6)
     final.bias.data[3] = -60.0  # mask 0: the painting alone
     torch.testing.assert_close(model.predict(x, c, n_past=3), torch.full_like(pred, 0.5), rtol=0, atol=1e-7)
 
@@ -185,7 +183,7 @@ def test_predictions_decode_with_the_skips_of_the_last_context_frame(last_frame_
     model = small_model("dcgan64", last_frame_skip=last_frame_skip).eval()
     x, c, n_past = torch.rand(3, 2, 3, 64, 64), torch.randn(7, 2, 7), 3
     received, decode = [], model.decoder.forward
-    model.decoder.forward = lambda g, skips: received.append(skips[0]) or decode(g, skips)
+    model.decoder.forward = lambda g, skips, cond=None: received.append(skips[0]) or decode(g, skips, cond)
     pred = model.predict(x, c, n_past)
     with torch.no_grad():
         expected = [model.encoder(x[n_past - 1])[1][0]] + [model.encoder(p)[1][0] for p in pred[:-1]]

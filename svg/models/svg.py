@@ -62,20 +62,27 @@ class StepResult:
         )
 
 
+MASK_START_LOGIT = 2.0
+
+
+def _start_the_mask_copying(decoder: nn.Module) -> None:
+    """Start a compositing decoder's mask at sigmoid(2) = 0.88 everywhere: most of a frame does not change, and a
+    mask that starts at 0.5 settles at a veil of painting over a static scene."""
+    final = [m for m in decoder.blocks[-1].modules() if isinstance(m, nn.ConvTranspose2d)][-1]
+    with torch.no_grad():
+        final.bias[3] = MASK_START_LOGIT
+
+
 class SVG(nn.Module):
     def __init__(self, cfg: Model, cond_dim: int = COND_DIM):
         super().__init__()
         encoder, decoder = ARCHITECTURES[cfg.encoder]
         self.encoder = encoder(cfg.g_dim, cfg.channels)
         self.composite = cfg.composite
-        # the copied frame's gain per colour channel (exposure, a room light): exp(0.25 tanh(.)) in [0.78, 1.28],
-        # 1 at the start
-        self.gain = nn.Linear(cfg.g_dim, 3) if cfg.composite else None
-        if self.gain is not None:
-            nn.init.zeros_(self.gain.weight)
-            nn.init.zeros_(self.gain.bias)
         decoder_cond = cond_dim if cfg.decoder_condition else 0
         self.decoder = decoder(cfg.g_dim, cfg.channels, decoder_cond, 4 if cfg.composite else 3)  # 4: frame and mask
+        if cfg.composite:
+            _start_the_mask_copying(self.decoder)
         self.predictor = FramePredictor(
             cond_dim + cfg.g_dim + cfg.z_dim, cfg.g_dim, cfg.rnn_size, cfg.predictor_layers, cfg.predictor_batchnorm
         )
@@ -116,15 +123,13 @@ class SVG(nn.Module):
     def decode(self, g: torch.Tensor, skips: list[torch.Tensor], cond_t: torch.Tensor) -> torch.Tensor:
         """One step's frame from its code g (B, g), skips and condition (B, C); the decoder sees the
         condition only when built with ``model.decoder_condition``. With ``model.composite`` it paints a
-        frame and a mask m, and the prediction is m * gain * (the skips' frame) + (1 - m) * painting, the
-        gain per colour channel a function of g."""
+        frame and a mask m, and the prediction is m * (the skips' frame) + (1 - m) * painting."""
         cond = cond_t if self.decoder.condition.cond_dim else None
         if not self.composite:
             return self.decoder(g, skips, cond)
         frame = skips[-1]
         out = self.decoder(g, skips[:-1], cond).to(frame.dtype)  # blended at the frame's precision
-        gain = torch.exp(0.25 * torch.tanh(self.gain(g).to(frame.dtype)))[:, :, None, None]
-        return torch.lerp(out[:, :3], frame * gain, out[:, 3:])
+        return torch.lerp(out[:, :3], frame, out[:, 3:])
 
     def decode_steps(self, g: torch.Tensor, skips: list[torch.Tensor], cond: torch.Tensor) -> torch.Tensor:
         """Decode (T, B, g) with skips (T, B, C, h, w) and conditions (T, B, C) as one batch, statistics per step."""
