@@ -110,7 +110,7 @@ class Trainer:
             self.window.load(state["window"])
             self.epoch_sums.load(state["epoch_sums"])
             self.divergence.counts.copy_(state["divergence"])
-            set_rng_state(state["rng"], self.tf_gen)
+            self._restore_random_streams(state["rng"])
             run_id = state["wandb_id"]
         self.step = make_step(self.parts, cfg.compile)  # eager, compiled, or replayed as CUDA graphs
         self.writer = CheckpointWriter()
@@ -135,9 +135,36 @@ class Trainer:
             )
         return state
 
+    def _restore_random_streams(self, saved: dict | list[dict]) -> None:
+        """Each rank continues its own random streams (checkpoints hold one per rank). Resumed on another
+        number of ranks, rank 0 takes the saved rank 0's and every other rank seeds its own from the run's
+        seed, its rank and the iteration, so that no two ranks draw the same noise."""
+        streams = saved if isinstance(saved, list) else [saved]
+        rank = self.rt.rank
+        if len(streams) == self.rt.world_size:
+            set_rng_state(streams[rank], self.tf_gen)
+            return
+        set_rng_state(streams[0], self.tf_gen)
+        if rank:
+            seed = self.exp.train.seed + rank + 1_000_003 * self.iteration
+            torch.manual_seed(seed)  # the CUDA generators too
+
+    def _random_streams(self) -> list[dict]:
+        """Every rank's random streams, gathered to every rank (a collective: all ranks call it together)."""
+        mine = rng_state(self.tf_gen)
+        if self.rt.world_size == 1:
+            return [mine]
+        streams: list = [None] * self.rt.world_size
+        dist.all_gather_object(streams, mine)
+        return streams
+
     def checkpoint(self, *names: str) -> None:
         """Save the run's state as checkpoints/<name>.pt for each name (default: last), written in the
-        background (``CheckpointWriter``); last.pt keeps its predecessor as last.prev.pt."""
+        background (``CheckpointWriter``) by rank 0; last.pt keeps its predecessor as last.prev.pt. Under DDP
+        every rank calls it at the same iteration: the checkpoint keeps each rank's random streams."""
+        streams = self._random_streams()
+        if not self.rt.main:
+            return
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.parts.optimizer.state_dict(),
@@ -149,7 +176,7 @@ class Trainer:
             "window": self.window.state(),
             "epoch_sums": self.epoch_sums.state(),
             "divergence": self.divergence.counts.cpu(),
-            "rng": rng_state(self.tf_gen),
+            "rng": streams,
             **({} if self.ema is None else {"ema": self.ema.module.state_dict(), "ema_steps": self.ema.n_averaged}),
             "config": self.exp.model_dump(mode="json"),
             "wandb_id": self.tracker.run_id,
@@ -199,11 +226,10 @@ class Trainer:
                 if self.iteration % cfg.iters_per_epoch == 0:
                     result = self._end_epoch(int(progress), b, tfr)
                     window_start = time.perf_counter()  # the training rate leaves validation out
-                elif self.iteration % cfg.checkpoint_every == 0 and rt.main:
+                elif self.iteration % cfg.checkpoint_every == 0:
                     self.checkpoint()
                 if self._stop_agreed():
-                    if rt.main:
-                        self.checkpoint()
+                    self.checkpoint()
                     raise Interrupted(
                         f"stopped by signal {self.stop_signal or 'on another rank'} at iteration {self.iteration}"
                     )
@@ -301,7 +327,8 @@ class Trainer:
                 else {}
             )
             self.tracker.log(record, curves=curves, **media)
-            self.checkpoint(*(("last", "best") if improved else ("last",)))
+        self.checkpoint(*(("last", "best") if improved else ("last",)))
+        if self.rt.main:
             if "val/psnr" in record:
                 self.tracker.summary(
                     {"val/psnr_final": record["val/psnr"], "val/psnr_copy_last": record["val/psnr_copy_last"]}

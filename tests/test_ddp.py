@@ -138,6 +138,58 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_iteration(smoke_data,
     assert torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["iteration"] == 2
 
 
+def _train_or_resume(rank: int, world_size: int, port: int, data: str, out: str, results: str, stop: bool) -> None:
+    """Six iterations of two ranks, or (stop) the first two of them, or the rest after such a stop; each rank
+    saves its weights, and a resumed rank the noise it would draw next."""
+    from svg.errors import Interrupted
+
+    resume = "auto" if (Path(out) / "checkpoints" / "last.pt").exists() else None
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    from svg.train import Trainer
+
+    overrides = {**SHORT, "data.root": data, "data.source": "synthetic", "tracking.mode": "disabled"}
+    overrides.update({"train.log_every": 2, "train.iters_per_epoch": 6})
+    trainer = Trainer(load_experiment("smoke", overrides), Path(out), resume=resume)
+    noise = torch.get_rng_state().clone()
+    if stop and rank == 1:
+        trainer.stop_signal = 15
+    try:
+        trainer.fit()
+    except Interrupted:
+        pass
+    params = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    torch.save({"params": params, "noise": noise}, Path(results) / f"{'stopped' if stop else 'ran'}-{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_resumed_gloo_ranks_keep_their_own_noise_and_match_an_uninterrupted_run(smoke_data, tmp_path):
+    """Each rank's random streams travel in the checkpoint: resumed, rank 1 does not draw rank 0's noise, and
+    the two ranks end where an uninterrupted run does."""
+    for run, stops in (("whole", [False]), ("resumed", [True, False])):
+        for stop in stops:
+            results = tmp_path / run / ("stopped" if stop else "ran")
+            results.mkdir(parents=True)
+            args = (2, _free_port(), str(smoke_data), str(tmp_path / run / "run"), str(results), stop)
+            _spawn(_train_or_resume, args, nprocs=2, timeout=150)
+
+    def load(run: str, part: str, rank: int) -> dict:
+        return torch.load(tmp_path / run / part / f"{part}-{rank}.pt", weights_only=True)
+
+    resumed, whole, stopped = (
+        [load("resumed", "ran", r) for r in range(2)],
+        load("whole", "ran", 0),
+        load("resumed", "stopped", 0),
+    )
+    assert not torch.equal(resumed[0]["noise"], resumed[1]["noise"]), "the resumed ranks draw the same noise"
+    assert any(not torch.equal(stopped["params"][n], p) for n, p in whole["params"].items()), (
+        "the run did not stop early"
+    )
+    for name, p in whole["params"].items():
+        assert torch.equal(resumed[0]["params"][name], p), f"{name}: the resumed run ended elsewhere"
+
+
 def _nan_on_one_rank(rank: int, world_size: int, port: int, results: str) -> None:
     """One eager step of a tiny model under DDP, with NaN noise on rank 1 only."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
