@@ -18,6 +18,9 @@ from pathlib import Path
 from svg.cli import at_least, run_cli
 from svg.config import OneLineParser, add_experiment_arguments, experiment_from_args
 
+BRANCHES = {"both": (True, False), "on": (True,), "off": (False,)}
+"""--teacher-forcing: the branches timed (True: teacher forced)."""
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(
@@ -50,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= --train.device")
     parser.add_argument("--batch-size", type=at_least(1), help="= --data.batch_size")
     parser.add_argument(
-        "--teacher-forcing", choices=["on", "off"], default="on",
-        help="time the teacher-forced step (decoder batched over time) or the one fed its own predictions",
+        "--teacher-forcing", choices=["both", "on", "off"], default="both",
+        help="time the teacher-forced step (decoder batched over time), the one fed its own predictions, or both, "
+        "mixed in the share the run's schedule sets (default: both)",
     )  # fmt: skip
     parser.add_argument("--no-reference", action="store_true", help="skip the seed's per-frame fp32 step")
     parser.add_argument("--eval-batches", type=at_least(0), default=2, help="timed model.predict batches (default: 2)")
@@ -92,15 +96,20 @@ def main(argv: list[str] | None = None) -> int:
         from svg.values import plain
 
         opts = Options(
-            steps=args.steps, warmup=args.warmup, teacher_forcing=args.teacher_forcing == "on",
+            steps=args.steps, warmup=args.warmup, branches=BRANCHES[args.teacher_forcing],
             reference=not args.no_reference, eval_batches=args.eval_batches, loader_batches=args.loader_batches,
             loader_workers=args.loader_workers, data_root=args.data_root, step_data=args.step_data,
             variants=tuple(args.variant), captured=args.captured, validation=args.validation,
         )  # fmt: skip
-        report = run(exp, opts, preset=Path(args.config).stem)
-        out = args.out or Path("bench") / f"{Path(args.config).stem}-{report['device'].split(':')[0]}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(plain(report), indent=1) + "\n")
+
+        def write(report: dict) -> Path:
+            out = args.out or Path("bench") / f"{Path(args.config).stem}-{report['device'].split(':')[0]}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(plain(report), indent=1) + "\n")
+            return out
+
+        report = run(exp, opts, preset=Path(args.config).stem, on_partial=write)
+        out = write(report)
         print("\n".join(summary_lines(report)))
         print(f"report: {out}")
 

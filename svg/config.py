@@ -77,6 +77,12 @@ class Model(Section):
         "skips come from with the painting, so what does not change is "
         "copied (not in SVG or the seed)",
     )
+    position_spots: bool = Field(
+        False,
+        description="also give the decoder, at every scale, Gaussian spots where a learned affine map of the "
+        "end-effector position (x, y, z) puts the arm in the image, starting from x, y read as image coordinates "
+        "(needs data.conditions=action+position; not in SVG or the seed)",
+    )
     predictor_batchnorm: bool = Field(
         True,
         description="BatchNorm1d before the frame predictor's tanh, as the seed's text has it (the original SVG "
@@ -217,6 +223,10 @@ class Experiment(BaseModel):
             raise ValueError(f"train.n_eval = {t.n_eval} exceeds the {SEQ_LEN} frames of a sequence")
         if t.n_eval <= t.n_past:
             raise ValueError(f"train.n_eval = {t.n_eval} leaves nothing to predict after {t.n_past} context frames")
+        if self.model.position_spots and self.data.conditions != "action+position":
+            raise ValueError(
+                f"model.position_spots needs the end-effector position, but data.conditions = {self.data.conditions!r}"
+            )
         return self
 
     @property

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import math
 
-from svg.config import KL, Optim, TeacherForcing
+from svg.config import KL, Optim, TeacherForcing, Train
+
+
+def epoch_progress(iteration: int, train: Train) -> float:
+    """The epoch the schedules see at 0-based ``iteration``: fractional, or whole with ``train.schedule=epoch``."""
+    progress = iteration / train.iters_per_epoch
+    return math.floor(progress) if train.schedule == "epoch" else progress
 
 
 def beta(epoch: float, epochs: int, kl: KL) -> float:
@@ -41,6 +47,12 @@ def teacher_forcing_ratio(epoch: float, epochs: int, tfr: TeacherForcing) -> flo
         return 1.0
     step = tfr.decay_step if tfr.decay_step is not None else 1.0 / (epochs - tfr.start_decay_epoch)
     return max(tfr.lower, 1.0 - step * max(0, epoch - tfr.start_decay_epoch))
+
+
+def teacher_forced_share(train: Train, tfr: TeacherForcing) -> float:
+    """The expected share of a run's steps that are teacher forced: the ratio averaged over its iterations."""
+    total = train.epochs * train.iters_per_epoch
+    return math.fsum(teacher_forcing_ratio(epoch_progress(i, train), train.epochs, tfr) for i in range(total)) / total
 
 
 def learning_rate(iteration: int, total: int, optim: Optim) -> float:

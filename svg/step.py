@@ -195,7 +195,7 @@ Step = Callable[[torch.Tensor, torch.Tensor, int, bool, torch.Tensor, float], St
 
 
 def eager_step(parts: Parts) -> Step:
-    """The step as it always ran: layout conversion, then ``train_step``, op by op."""
+    """The step op by op: layout conversion, then ``train_step``."""
 
     def step(frames, cond, n_past, teacher_forcing, eps, beta) -> StepFigures:
         x, c = to_model_layout(frames, cond, parts.rt)
@@ -289,6 +289,26 @@ class CompiledStep:
         _warn_once(f"train.compile={self.mode} failed ({type(error).__name__}: {reason}); the step runs eagerly")
         self.parts, self.mode, self.graphs = self._eager_parts, "off", False
         self._objective = self._body
+
+
+@dataclass(frozen=True)
+class CompileCounts:
+    """What torch.compile did in this process so far (dynamo's counters): graphs compiled, graph breaks,
+    and graphs that inductor did not capture as CUDA graphs (each of those replays kernel by kernel)."""
+
+    graphs: int
+    graph_breaks: int
+    cudagraph_skips: int
+
+
+def compile_counts() -> CompileCounts:
+    from torch._dynamo.utils import counters
+
+    return CompileCounts(
+        graphs=counters["stats"]["unique_graphs"],
+        graph_breaks=sum(counters["graph_break"].values()),
+        cudagraph_skips=counters["inductor"]["cudagraph_skips"],
+    )
 
 
 def make_step(parts: Parts, compile_mode: str = "off") -> Step:

@@ -9,6 +9,7 @@ every ``train.log_every`` iterations.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import signal
@@ -30,8 +31,8 @@ from svg.losses import active_units
 from svg.media import write_gif, write_strip
 from svg.models import SVG
 from svg.runtime import setup_runtime
-from svg.schedules import beta, learning_rate, teacher_forcing_ratio
-from svg.step import Divergence, Parts, Sums, make_optimizer, make_step
+from svg.schedules import beta, epoch_progress, learning_rate, teacher_forcing_ratio
+from svg.step import CompiledStep, Divergence, Parts, Sums, compile_counts, make_optimizer, make_step
 from svg.tracking import METRICS_FILE, Tracker
 
 
@@ -201,9 +202,7 @@ class Trainer:
         self._clock = time.perf_counter()
         try:
             while self.iteration < total:
-                progress = self.iteration / cfg.iters_per_epoch
-                if cfg.schedule == "epoch":
-                    progress = math.floor(progress)
+                progress = epoch_progress(self.iteration, cfg)
                 b, tfr = beta(progress, cfg.epochs, exp.kl), teacher_forcing_ratio(progress, cfg.epochs, exp.tfr)
                 for group in self.parts.optimizer.param_groups:
                     group["lr"] = learning_rate(self.iteration, total, exp.optim)
@@ -320,6 +319,8 @@ class Trainer:
         if self.rt.world_size > 1:
             dist.barrier()
         record["time/elapsed_s"] = round(self.elapsed(), 2)
+        if isinstance(self.step, CompiledStep):  # whether the compiled graphs, and CUDA graphs, ran as asked
+            record.update({f"compile/{k}": v for k, v in dataclasses.asdict(compile_counts()).items()})
         if self.rt.main:
             curves = (
                 {"val/psnr_per_frame": (record["val/psnr_per_frame"], "predicted frame")}

@@ -23,10 +23,13 @@ TOP_KEYS = {
     "loader", "machine", "load_average", "wall_time_s",
 }  # fmt: skip
 ARM_KEYS = {
-    "step_time_s", "step_time_mean_s", "step_time_min_s", "step_times_s", "warmup_times_s", "steps_per_s",
-    "train_seq_per_s", "flops_per_step", "flop_per_s", "epoch_time_s", "seed_epoch_time_s", "precision",
-    "channels_last", "compile", "peak_memory_bytes", "step_memory_bytes", "memory_source", "compile_ran", "mfu",
+    "step_time_s", "teacher_forced_share", "branches", "steps_per_s", "train_seq_per_s", "flops_per_step",
+    "flop_per_s", "epoch_time_s", "seed_epoch_time_s", "precision", "channels_last", "compile", "peak_memory_bytes",
+    "step_memory_bytes", "memory_source", "compile_ran", "mfu",
 }  # fmt: skip
+BRANCH_KEYS = {"step_time_s", "step_time_mean_s", "step_time_min_s", "step_times_s", "warmup_times_s", "flops_per_step"}
+SMOKE_SHARE = 5 / 6
+"""The smoke preset's teacher-forced share of steps (tests/test_schedules.py works it out by hand)."""
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +45,26 @@ def report(tmp_path_factory):
 
 def test_report_has_the_documented_keys_and_figures(report):
     r, stdout = report
-    assert set(r) == TOP_KEYS
+    assert TOP_KEYS <= set(r) and "partial" not in r  # the step-times-only report was overwritten at the end
+    assert r["settings"]["branches"] == ["teacher_forced", "free_running"]
+    assert r["settings"]["teacher_forced_share"] == pytest.approx(SMOKE_SHARE)
     variant = r["variants"]["channels_last=false"]
     for arm in (r["project"], r["reference"], variant):
         assert ARM_KEYS <= set(arm)
-        assert len(arm["step_times_s"]) == 2 and arm["step_time_s"] > 0
+        tf, free = arm["branches"]["teacher_forced"], arm["branches"]["free_running"]
+        for branch in (tf, free):
+            assert BRANCH_KEYS <= set(branch) and len(branch["step_times_s"]) == 2 and branch["step_time_s"] > 0
+        # the run's mix of the two branches, in the share its schedule sets
+        mixed = SMOKE_SHARE * tf["step_time_s"] + (1 - SMOKE_SHARE) * free["step_time_s"]
+        assert arm["step_time_s"] == pytest.approx(mixed) and arm["teacher_forced_share"] == pytest.approx(SMOKE_SHARE)
+        assert arm["flops_per_step"] == round(
+            SMOKE_SHARE * tf["flops_per_step"] + (1 - SMOKE_SHARE) * free["flops_per_step"]
+        )
         assert arm["step_memory_bytes"] > 0 and arm["peak_memory_bytes"] >= arm["step_memory_bytes"]
-    # teacher forced: the project encodes each of the 6 frames once, the reference twice per step (10 times)
+    # free running feeds the decoder's own frames back through the encoder: more work than teacher forcing
+    project = r["project"]["branches"]
+    assert project["free_running"]["flops_per_step"] != project["teacher_forced"]["flops_per_step"]
+    # the project encodes each of the 6 frames once, the reference twice per step (10 times)
     assert 0 < r["project"]["flops_per_step"] < r["reference"]["flops_per_step"]
     assert r["reference"]["precision"] == "fp32" and not r["reference"]["channels_last"]
     assert variant["step"] == "project" and not variant["channels_last"] and r["project"]["channels_last"]
@@ -104,6 +120,9 @@ def test_captured_arm_runs_as_compile_default_on_a_cpu_and_says_so(tmp_path):
     captured = r["captured"]
     assert captured["compile"] == "reduce-overhead" and captured["compile_ran"] == "default"
     assert captured["flops_per_step"] == r["project"]["flops_per_step"] and captured["mfu"] is None
+    # both branches compiled, each at least one graph; on a CPU no CUDA graph can be skipped
+    counts = r["compile_counts"]
+    assert counts["graphs"] >= 2 and counts["graph_breaks"] >= 0 and counts["cudagraph_skips"] == 0
     assert r["speedup_captured_vs_reference"] > 0 and captured["project_over_this"] > 0
     assert "captured" in proc.stdout and "compile default" in proc.stdout
 

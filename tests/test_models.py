@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from svg.config import Model
+from svg.config import ConfigError, Model, load_experiment
 from svg.models import SVG
 from svg.models.encoders import ARCHITECTURES, ConditionMaps
 from svg.models.reference import reference_step
@@ -99,10 +99,15 @@ def test_fast_step_fp32_gradients_match_the_reference(teacher_forcing):
 
 @pytest.mark.parametrize("encoder", ["dcgan64", "vgg64"])
 @pytest.mark.parametrize("teacher_forcing", [True, False])
-@pytest.mark.parametrize(("decoder_condition", "composite"), [(True, False), (False, True), (True, True)])
-def test_fast_step_matches_the_reference_with_the_departures(encoder, teacher_forcing, decoder_condition, composite):
+@pytest.mark.parametrize(
+    ("decoder_condition", "composite", "spots"), [(True, False, False), (False, True, False), (True, True, True)]
+)
+def test_fast_step_matches_the_reference_with_the_departures(
+    encoder, teacher_forcing, decoder_condition, composite, spots
+):
     torch.manual_seed(0)
-    model = small_model(encoder, prior="learned", decoder_condition=decoder_condition, composite=composite).double()
+    departures = {"decoder_condition": decoder_condition, "composite": composite, "position_spots": spots}
+    model = small_model(encoder, prior="learned", **departures).double()
     x, c, eps = torch.rand(5, 3, 3, 64, 64).double(), torch.randn(5, 3, 7).double(), torch.randn(4, 3, 4).double()
     fast, fast_grads, ref, ref_grads = _both_steps(model, x, c, eps, teacher_forcing)
     torch.testing.assert_close(fast.pred, ref.pred, rtol=1e-9, atol=1e-12)
@@ -116,6 +121,29 @@ def test_condition_maps_tile_the_condition_beside_pixel_centre_coordinates():
     torch.testing.assert_close(maps[0, 3, 0], torch.linspace(-7 / 8, 7 / 8, 8))  # x: pixel centres in (-1, 1)
     torch.testing.assert_close(maps[0, 4, :, 0], torch.tensor([-0.75, -0.25, 0.25, 0.75]))  # y, top to bottom
     assert ConditionMaps(0).channels == 0
+
+
+def test_position_spots_peak_where_the_end_effector_is_and_learn_the_map():
+    """x, y = 0.5, -0.25 is pixel (48, 24) at 64 px: the spots peak on the four pixel centres around it, the
+    narrow one sharper; the image map starts as the identity on x, y and gets a gradient."""
+    maps = ConditionMaps(7, tiled=False, position=slice(4, 7))
+    assert maps.channels == 2
+    cond = torch.tensor([[0.3, 0.1, 0.0, 1.0, 0.5, -0.25, 0.9]])
+    spots = maps(torch.zeros(1, 8, 64, 64), cond)
+    assert spots.shape == (1, 2, 64, 64)
+    for spot in spots[0]:
+        top = spot.flatten().topk(4).indices
+        assert sorted(divmod(int(i), 64) for i in top) == [(23, 47), (23, 48), (24, 47), (24, 48)]
+    assert spots[0, 0, 24, 56] < spots[0, 1, 24, 56]  # 8 px away: the wide spot is brighter there
+    spots.sum().backward()
+    assert maps.to_image.weight.grad.abs().sum() > 0 and maps.log_width.grad.abs().sum() > 0
+    with_tiles = ConditionMaps(7, tiled=True, position=slice(4, 7))
+    assert with_tiles.channels == 7 + 2 + 2
+
+
+def test_position_spots_need_the_position_in_the_condition():
+    with pytest.raises(ConfigError, match=r"model.position_spots.*data.conditions = 'action'"):
+        load_experiment("cpu", {"model.position_spots": True, "data.conditions": "action"})
 
 
 def test_the_decoder_sees_the_condition_only_when_asked():

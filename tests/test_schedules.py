@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from svg.config import KL, Optim, TeacherForcing
-from svg.schedules import beta, learning_rate, teacher_forcing_ratio
+from svg.config import KL, Optim, TeacherForcing, Train
+from svg.schedules import beta, epoch_progress, learning_rate, teacher_forced_share, teacher_forcing_ratio
 
 
 def sigmoid(v):
@@ -101,3 +101,14 @@ def test_learning_rate_warms_up_linearly_then_follows_a_cosine_to_its_floor():
     assert learning_rate(54, 105, optim) == pytest.approx(0.0011)
     assert learning_rate(29, 105, optim) == pytest.approx(0.0002 + 0.0018 * (1 + math.cos(math.pi / 4)) / 2)
     assert learning_rate(104, 105, optim) == pytest.approx(0.0002)
+
+
+def test_teacher_forced_share_averages_the_ratio_over_the_runs_iterations():
+    """2 epochs of 3 iterations, decay from epoch 1: ratios 1, 1, 1, 1, 2/3, 1/3 (fractional epochs), or six
+    ones with whole epochs (the second epoch is epoch 1, where the decay has not yet moved)."""
+    train = Train(epochs=2, iters_per_epoch=3)
+    tfr = TeacherForcing(start_decay_epoch=1)
+    assert [epoch_progress(i, train) for i in range(6)] == pytest.approx([0, 1 / 3, 2 / 3, 1, 4 / 3, 5 / 3])
+    assert teacher_forced_share(train, tfr) == pytest.approx(5 / 6)
+    assert teacher_forced_share(train.model_copy(update={"schedule": "epoch"}), tfr) == 1.0
+    assert teacher_forced_share(train, TeacherForcing(start_decay_epoch=2)) == 1.0

@@ -35,6 +35,9 @@ SEED_EPOCH_SEQUENCES = 600 * 12
 
 StepKind = Literal["project", "reference"]
 
+BRANCH_NAMES = {True: "teacher_forced", False: "free_running"}
+"""The two graphs a run steps through: the decoder batched over time, or fed its own predictions."""
+
 VARIANT_KEYS = {"step": ("project", "reference"), "precision": ("auto", *AMP_DTYPES),
                 "channels_last": ("true", "false"),
                 "compile": ("off", "auto", "default", "reduce-overhead", "true", "false")}  # fmt: skip
@@ -65,10 +68,12 @@ class Arm:
     parts: Parts
     compile: str
     """``train.compile`` asked for; ``compile_ran`` says what ran (reduce-overhead is default on a CPU)."""
-    times: list[float] = field(default_factory=list)
-    warmup_times: list[float] = field(default_factory=list)
-    flops: int = 0
+    times: dict[bool, list[float]] = field(default_factory=dict)
+    """Timed steps per teacher forcing branch (True: teacher forced, False: free running)."""
+    warmup_times: dict[bool, list[float]] = field(default_factory=dict)
+    flops: dict[bool, int] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
+    """The larger of the branches' last warm-up steps (``peak_memory``)."""
     runner: Step | None = None
     compile_ran: str = "off"
 
@@ -96,20 +101,35 @@ class Arm:
         self.compile_ran = self.runner.mode if isinstance(self.runner, CompiledStep) else "off"
 
     def summary(
-        self, batch: int, iters_per_epoch: int, peak: dict[str, Any] | None, gpu: str | None = None
+        self, batch: int, iters_per_epoch: int, peak: dict[str, Any] | None, gpu: str | None = None, share: float = 1.0
     ) -> dict[str, Any]:
-        median = statistics.median(self.times)
+        """The arm's figures. ``share``: the run's teacher-forced share of steps (``teacher_forced_share``);
+        with both branches timed, step time and FLOPs are the run's mix of the two, each branch's own under
+        ``branches``."""
+        medians = {tf: statistics.median(times) for tf, times in self.times.items()}
+        weights = {True: share, False: 1.0 - share} if len(medians) == 2 else {tf: 1.0 for tf in medians}
+        median = sum(weights[tf] * medians[tf] for tf in medians)
+        flops = round(sum(weights[tf] * self.flops[tf] for tf in medians))
         precision = self.parts.rt.precision
         out: dict[str, Any] = {
             "step_time_s": median,
-            "step_time_mean_s": statistics.fmean(self.times),
-            "step_time_min_s": min(self.times),
-            "step_times_s": [round(t, 4) for t in self.times],
-            "warmup_times_s": [round(t, 4) for t in self.warmup_times],
+            "teacher_forced_share": share if len(medians) == 2 else float(next(iter(medians))),
+            "branches": {
+                BRANCH_NAMES[tf]: {
+                    "step_time_s": medians[tf],
+                    "step_time_mean_s": statistics.fmean(self.times[tf]),
+                    "step_time_min_s": min(self.times[tf]),
+                    "step_times_s": [round(t, 4) for t in self.times[tf]],
+                    "warmup_times_s": [round(t, 4) for t in self.warmup_times.get(tf, [])],
+                    "flops_per_step": self.flops[tf],
+                    "flop_per_s": self.flops[tf] / medians[tf],
+                }
+                for tf in medians
+            },
             "steps_per_s": 1 / median,
             "train_seq_per_s": batch / median,
-            "flops_per_step": self.flops,
-            "flop_per_s": self.flops / median,
+            "flops_per_step": flops,
+            "flop_per_s": flops / median,
             "epoch_time_s": iters_per_epoch * median,
             "seed_epoch_time_s": SEED_EPOCH_SEQUENCES * median / batch,
             "precision": precision,
@@ -117,7 +137,7 @@ class Arm:
             "compile": self.compile,
             "compile_ran": self.runner.mode if isinstance(self.runner, CompiledStep) else self.compile_ran,
             **self.memory,
-            **mfu(self.flops / median, self.parts.rt.device.type, gpu, precision),
+            **mfu(flops / median, self.parts.rt.device.type, gpu, precision),
         }
         key = "bf16_flop_per_s" if precision == "bf16" and peak and "bf16_flop_per_s" in peak else "fp32_flop_per_s"
         if peak and key in peak:

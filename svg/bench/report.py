@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from typing import Any, Literal
 import torch
 
 from svg.bench.arms import (
+    BRANCH_NAMES,
     REFERENCE,
     Arm,
     Setting,
@@ -33,6 +35,8 @@ from svg.config import Experiment, Train
 from svg.errors import SvgError
 from svg.models import SVG
 from svg.runtime import Runtime, setup_runtime
+from svg.schedules import teacher_forced_share
+from svg.step import compile_counts
 
 
 @dataclass
@@ -42,9 +46,10 @@ class Options:
     warmup: int = 1
     """Untimed steps per arm after the FLOP-counting step (compilation, allocator, oneDNN caches); the
     last one is the step whose peak memory is reported."""
-    teacher_forcing: bool = True
-    """Time the teacher-forced step (the seed's first epochs; the decoder runs batched over time) or
-    the step that feeds the model its own predictions (sequential decoder)."""
+    branches: tuple[bool, ...] = (True, False)
+    """The teacher forcing branches to time: the teacher-forced step (the decoder runs batched over time)
+    and the free-running one (fed its own predictions, sequential decoder); a run steps through both, in
+    the share its schedule sets (``teacher_forced_share``), and the arms' step times are that mix."""
     reference: bool = True
     """Also time the seed's per-frame fp32 step."""
     eval_batches: int = 2
@@ -100,8 +105,12 @@ def _arms(exp: Experiment, opts: Options, rt: Runtime) -> list[Arm]:
     return [make_arm(name, initial, setting, rt, exp.optim, exp.kl.free_bits) for name, setting in settings]
 
 
-def run(exp: Experiment, opts: Options, preset: str = "") -> dict[str, Any]:
-    """Measure and return the report (what ``entrypoints/bench.py`` writes as JSON)."""
+def run(
+    exp: Experiment, opts: Options, preset: str = "", on_partial: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Measure and return the report (what ``entrypoints/bench.py`` writes as JSON). ``on_partial`` gets the
+    report so far (``"partial": true``) once the steps are timed, before prediction, validation and loaders:
+    a run stopped after that point still leaves the step times."""
     opts.check()
     started, load_before = time.perf_counter(), load_average()
     rt = setup_runtime(exp.train)
@@ -126,37 +135,43 @@ def run(exp: Experiment, opts: Options, preset: str = "") -> dict[str, Any]:
         data = [(frames.pin_memory(), cond.pin_memory()) for frames, cond in data]
     gen = torch.Generator().manual_seed(cfg.seed)
     noise = [torch.randn(seq_len - 1, batch, exp.model.z_dim, generator=gen).to(rt.device) for _ in data]
-    tf, beta = opts.teacher_forcing, exp.kl.beta_max
+    beta = exp.kl.beta_max
+    share = teacher_forced_share(cfg, exp.tfr)
 
-    def step(i: int, arm: Arm) -> float:
+    def step(i: int, arm: Arm, tf: bool) -> float:
         frames, cond = data[i % len(data)]
         return arm.step(frames, cond, noise[i % len(noise)], n_past, tf, beta)
 
-    counted: dict[str, int] = {}
+    counted: dict[tuple[str, bool], int] = {}
     for arm in arms:  # eager, before any compilation: FLOPs depend neither on kernels nor on layout
-        if arm.kind not in counted:
-            counted[arm.kind] = count_flops(lambda arm=arm: step(0, arm))
-        else:
-            step(0, arm)
-        arm.flops = counted[arm.kind]
+        for tf in opts.branches:
+            if (arm.kind, tf) not in counted:
+                counted[arm.kind, tf] = count_flops(lambda arm=arm, tf=tf: step(0, arm, tf))
+            else:
+                step(0, arm, tf)
+            arm.flops[tf] = counted[arm.kind, tf]
     for arm in arms:
         if arm.compile != "off":
             arm.compile_step()
 
     def warm(i: int, arm: Arm) -> None:
-        t0 = time.perf_counter()
-        if i == opts.warmup - 1:
-            arm.memory = peak_memory(rt.device, lambda: step(i, arm))
-        else:
-            step(i, arm)
-        arm.warmup_times.append(time.perf_counter() - t0)
+        for tf in opts.branches:
+            t0 = time.perf_counter()
+            if i == opts.warmup - 1:
+                memory = peak_memory(rt.device, lambda tf=tf: step(i, arm, tf))
+                if memory["step_memory_bytes"] >= arm.memory.get("step_memory_bytes", -1):
+                    arm.memory = memory
+            else:
+                step(i, arm, tf)
+            arm.warmup_times.setdefault(tf, []).append(time.perf_counter() - t0)
 
     alternate(arms, opts.warmup, warm)
 
     def timed(i: int, arm: Arm) -> None:
-        t0 = time.perf_counter()
-        step(i, arm)
-        arm.times.append(time.perf_counter() - t0)
+        for tf in opts.branches if i % 2 == 0 else opts.branches[::-1]:
+            t0 = time.perf_counter()
+            step(i, arm, tf)
+            arm.times.setdefault(tf, []).append(time.perf_counter() - t0)
 
     alternate(arms, opts.steps, timed)
 
@@ -170,7 +185,8 @@ def run(exp: Experiment, opts: Options, preset: str = "") -> dict[str, Any]:
             "n_eval": cfg.n_eval,
             "epochs": cfg.epochs,
             "iters_per_epoch": cfg.iters_per_epoch,
-            "teacher_forcing": tf,
+            "branches": [BRANCH_NAMES[tf] for tf in opts.branches],
+            "teacher_forced_share": share,
             "precision": rt.precision,
             "channels_last": rt.channels_last,
             "compile": cfg.compile,
@@ -181,16 +197,16 @@ def run(exp: Experiment, opts: Options, preset: str = "") -> dict[str, Any]:
             "model": exp.model.model_dump(mode="json"),
         },
         "speedup_vs_reference": None,
-        "project": project.summary(batch, cfg.iters_per_epoch, peak, gpu),
+        "project": project.summary(batch, cfg.iters_per_epoch, peak, gpu, share),
     }
     if opts.reference:
         reference = arms[1]
-        report["reference"] = reference.summary(batch, cfg.iters_per_epoch, peak, gpu)
+        report["reference"] = reference.summary(batch, cfg.iters_per_epoch, peak, gpu, share)
         report["speedup_vs_reference"] = report["reference"]["step_time_s"] / report["project"]["step_time_s"]
-        report["flops_ratio"] = project.flops / reference.flops
+        report["flops_ratio"] = report["project"]["flops_per_step"] / report["reference"]["flops_per_step"]
     if opts.captured:
         captured = next(arm for arm in arms if arm.name == "captured")
-        report["captured"] = captured.summary(batch, cfg.iters_per_epoch, peak, gpu)
+        report["captured"] = captured.summary(batch, cfg.iters_per_epoch, peak, gpu, share)
         report["captured"]["project_over_this"] = report["captured"]["step_time_s"] / report["project"]["step_time_s"]
         if opts.reference:
             report["speedup_captured_vs_reference"] = (
@@ -199,10 +215,14 @@ def run(exp: Experiment, opts: Options, preset: str = "") -> dict[str, Any]:
     if opts.variants:
         report["variants"] = {}
         for arm in arms[len(arms) - len(opts.variants) :]:
-            summary = arm.summary(batch, cfg.iters_per_epoch, peak, gpu)
+            summary = arm.summary(batch, cfg.iters_per_epoch, peak, gpu, share)
             summary["step"] = arm.kind
             summary["project_over_this"] = summary["step_time_s"] / report["project"]["step_time_s"]
             report["variants"][arm.name] = summary
+    if any(arm.compile != "off" for arm in arms):
+        report["compile_counts"] = dataclasses.asdict(compile_counts())
+    if on_partial is not None:
+        on_partial({**report, "partial": True})
     if opts.eval_batches:
         report["project"].update(bench_eval(project.model, rt, batch, n_past, cfg.n_eval, opts.eval_batches))
     if opts.validation:
@@ -238,34 +258,51 @@ def _hours(hours: float) -> str:
     return f"{hours:.2f} h" if hours >= 1 else f"{hours * 60:.1f} min"
 
 
+def _branches(settings: dict[str, Any]) -> str:
+    """Which steps were timed and how they are mixed."""
+    if len(settings["branches"]) == 1:
+        return settings["branches"][0].replace("_", " ") + " steps only"
+    share = settings["teacher_forced_share"]
+    return f"teacher-forced and free-running steps mixed {share:.0%} : {1 - share:.0%} as the run's schedule"
+
+
+def _per_branch(arm: dict[str, Any]) -> str:
+    """'  (teacher forced 0.120, free running 0.180 s)' when both branches were timed."""
+    b = arm["branches"]
+    if len(b) < 2:
+        return ""
+    return "  (" + ", ".join(f"{name.replace('_', ' ')} {v['step_time_s']:.3f}" for name, v in b.items()) + " s)"
+
+
+def _arm_line(label: str, arm: dict[str, Any], note: str) -> str:
+    return (
+        f"{label:<9} {arm['step_time_s']:.3f} s/step  {arm['train_seq_per_s']:.2f} seq/s  "
+        f"{arm['flops_per_step'] / 1e9:.1f} GFLOP/step  {arm['flop_per_s'] / 1e9:.1f} GFLOP/s  ({note})"
+        + _per_branch(arm)
+    )
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """A few human lines for the terminal; the JSON holds everything."""
     p, s = report["project"], report["settings"]
     lines = [
         f"{report['preset'] or 'config'} on {report['device']} ({report['machine']['cpu']}, "
         f"{s['threads']} threads), batch {s['batch_size']}, {s['n_past']}+{s['n_future']} frames, "
-        f"teacher forcing {'on' if s['teacher_forcing'] else 'off'}, load {report['load_average']['before'][0]}"
+        f"{_branches(s)}, load {report['load_average']['before'][0]}"
         f"->{report['load_average']['after'][0]}",
-        f"project   {p['step_time_s']:.3f} s/step  {p['train_seq_per_s']:.2f} seq/s  {p['flops_per_step'] / 1e9:.1f} "
-        f"GFLOP/step  {p['flop_per_s'] / 1e9:.1f} GFLOP/s  ({s['precision']}, channels_last {s['channels_last']}, "
-        f"compile {s['compile']})",
+        _arm_line("project", p, f"{s['precision']}, channels_last {s['channels_last']}, compile {s['compile']}"),
     ]
     if "reference" in report:
-        r = report["reference"]
-        lines.append(
-            f"reference {r['step_time_s']:.3f} s/step  {r['train_seq_per_s']:.2f} seq/s  "
-            f"{r['flops_per_step'] / 1e9:.1f} GFLOP/step  {r['flop_per_s'] / 1e9:.1f} GFLOP/s  (fp32, per frame)"
-        )
+        lines.append(_arm_line("reference", report["reference"], "fp32, per frame"))
         lines.append(f"speed-up  {report['speedup_vs_reference']:.2f}x")
     if "captured" in report:
         c = report["captured"]
-        lines.append(f"captured  {c['step_time_s']:.3f} s/step  {c['train_seq_per_s']:.2f} seq/s  (compile "
-                     f"{c['compile_ran']}; project is {c['project_over_this']:.2f}x its speed)")  # fmt: skip
+        note = f"compile {c['compile_ran']}; project is {c['project_over_this']:.2f}x its speed"
+        lines.append(_arm_line("captured", c, note))
     if p.get("mfu") is not None:
         lines.append(f"MFU       {p['mfu']:.1%} of the {p['mfu_basis']}")
     for name, v in report.get("variants", {}).items():
-        lines.append(f"variant   {v['step_time_s']:.3f} s/step  {v['train_seq_per_s']:.2f} seq/s  ({name}; project is "
-                     f"{v['project_over_this']:.2f}x its speed)")  # fmt: skip
+        lines.append(_arm_line("variant", v, f"{name}; project is {v['project_over_this']:.2f}x its speed"))
     if "eval_seq_per_s" in p:
         lines.append(f"predict   {p['eval_seq_per_s']:.2f} seq/s over {p['eval_frames']} frames")
     if "validation" in report:

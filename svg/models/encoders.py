@@ -2,11 +2,11 @@
 
 Both encoders map frames (N, 3, 64, 64) to (h (N, g_dim), [skip 64/32px, 32/16px, 16/8px, 8/4px]); both
 decoders map (g (N, g_dim), skips) back to ``out_channels`` maps in [0, 1] (a frame, or a frame and a
-compositing mask). A decoder built with ``cond_dim`` > 0 also
-takes the step's condition (N, cond_dim) and sees it at every scale, tiled over the image beside two
-coordinate channels (``ConditionMaps``): a convolution cannot turn a position given as numbers into a place
-in the image, but with the pixel's own coordinates beside it one layer can. The trainer encodes the frames of many
-time steps as one batch; ``StepBatchNorm2d`` keeps the batch statistics per time step, so a batched
+compositing mask). A decoder built with a ``ConditionMaps`` also takes the step's condition (N, cond_dim) and
+sees it at every scale as maps: tiled beside two coordinate channels, or as spots where the arm's position
+puts it in the image. A convolution cannot turn a position given as numbers into a place in the image; with
+the pixel's own coordinates beside it one layer can, and a spot is that place already. The trainer encodes
+the frames of many time steps as one batch; ``StepBatchNorm2d`` keeps the batch statistics per time step, so a batched
 call computes exactly what one call per step would.
 """
 
@@ -56,26 +56,52 @@ def per_step_statistics(module: nn.Module, steps: int):
             m.steps = 1
 
 
-class ConditionMaps(nn.Module):
-    """(N, C) condition -> (N, C + 2, h, w): the condition tiled over an h x w grid, then the pixel
-    centres' x and y coordinates in (-1, 1)."""
+SPOT_WIDTHS = (0.08, 0.2)
+"""Starting widths (standard deviations, in the image's (-1, 1) coordinates: ~2.6 and ~6.4 px at 64 px) of the
+position spots; each is learned."""
 
-    def __init__(self, cond_dim: int):
+
+class ConditionMaps(nn.Module):
+    """(N, C) condition -> the maps a decoder sees at each scale, (N, channels, h, w).
+
+    ``tiled``: the condition tiled over the grid, then the pixel centres' x and y coordinates in (-1, 1).
+    ``position`` (the condition's end-effector columns x, y, z): Gaussian spots centred where a learned affine
+    map of the position puts the arm in the image, one per learned width (``SPOT_WIDTHS``). The map starts as
+    the identity on x, y: BAIR's positions read as image coordinates (the embedded data's exactly, a real
+    camera's roughly, and the map adjusts)."""
+
+    def __init__(self, cond_dim: int, tiled: bool = True, position: slice | None = None):
         super().__init__()
-        self.cond_dim = cond_dim
+        self.cond_dim, self.tiled, self.position = cond_dim, tiled and cond_dim > 0, position
+        if position is not None:
+            self.to_image = nn.Linear(position.stop - position.start, 2)
+            with torch.no_grad():
+                self.to_image.weight.copy_(torch.eye(2, position.stop - position.start))
+                self.to_image.bias.zero_()
+            self.log_width = nn.Parameter(torch.tensor(SPOT_WIDTHS).log())
 
     @property
     def channels(self) -> int:
-        return self.cond_dim + 2 if self.cond_dim else 0
+        return (self.cond_dim + 2 if self.tiled else 0) + (len(SPOT_WIDTHS) if self.position is not None else 0)
 
     def forward(self, like: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         n, _, h, w = like.shape
         ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=like.device, dtype=like.dtype)
         xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=like.device, dtype=like.dtype)
-        grid = torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)])
-        tiled = cond.to(like.dtype)[:, :, None, None].expand(n, self.cond_dim, h, w)
-        maps = torch.cat([tiled, grid.expand(n, 2, h, w)], 1)
-        return maps.contiguous(memory_format=torch.channels_last) if _channels_last(like) else maps
+        maps = []
+        if self.tiled:
+            grid = torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)])
+            maps += [cond.to(like.dtype)[:, :, None, None].expand(n, self.cond_dim, h, w), grid.expand(n, 2, h, w)]
+        if self.position is not None:
+            weight, dtype = self.to_image.weight, self.to_image.weight.dtype  # not autocast: sub-pixel precision
+            position = cond[:, self.position].to(dtype)
+            centre = (position[:, None, :] * weight).sum(-1) + self.to_image.bias  # (N, 2): x, y
+            dx2 = (xs.to(dtype).view(1, 1, w) - centre[:, 0, None, None]) ** 2  # (N, 1, w)
+            dy2 = (ys.to(dtype).view(1, h, 1) - centre[:, 1, None, None]) ** 2  # (N, h, 1)
+            inv = 0.5 * torch.exp(-2 * self.log_width).view(1, -1, 1, 1)
+            maps.append(torch.exp(-(dx2 + dy2)[:, None] * inv).to(like.dtype))  # (N, spots, h, w)
+        out = torch.cat(maps, 1)
+        return out.contiguous(memory_format=torch.channels_last) if _channels_last(like) else out
 
 
 def _channels_last(x: torch.Tensor) -> bool:
@@ -83,10 +109,10 @@ def _channels_last(x: torch.Tensor) -> bool:
 
 
 def _with_condition(maps: ConditionMaps, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-    if not maps.cond_dim:
+    if not maps.channels:
         return x
     if cond is None:
-        raise ValueError("this decoder was built with model.decoder_condition: it needs the step's condition")
+        raise ValueError("this decoder was built to see the condition: it needs the step's condition")
     return torch.cat([x, maps(x, cond)], 1)
 
 
@@ -130,10 +156,10 @@ class VGGEncoder(nn.Module):
 
 
 class VGGDecoder(nn.Module):
-    def __init__(self, g_dim: int, channels: int = 64, cond_dim: int = 0, out_channels: int = 3):
+    def __init__(self, g_dim: int, channels: int = 64, condition: ConditionMaps | None = None, out_channels: int = 3):
         super().__init__()
         c = channels
-        self.condition = ConditionMaps(cond_dim)
+        self.condition = condition or ConditionMaps(0)
         k = self.condition.channels
         self.head = _decoder_head(g_dim, 8 * c)
         self.blocks = nn.ModuleList(
@@ -177,10 +203,10 @@ class DCGANEncoder(nn.Module):
 
 
 class DCGANDecoder(nn.Module):
-    def __init__(self, g_dim: int, channels: int = 64, cond_dim: int = 0, out_channels: int = 3):
+    def __init__(self, g_dim: int, channels: int = 64, condition: ConditionMaps | None = None, out_channels: int = 3):
         super().__init__()
         c = channels
-        self.condition = ConditionMaps(cond_dim)
+        self.condition = condition or ConditionMaps(0)
         k = self.condition.channels
         self.head = _decoder_head(g_dim, 8 * c)
         self.blocks = nn.ModuleList(

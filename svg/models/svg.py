@@ -21,8 +21,9 @@ from torch import nn
 
 from svg.config import Experiment, Model
 from svg.data import COND_DIM, CONDITIONS
+from svg.data.course import ACTION_DIM
 from svg.losses import INITIAL_LOG_SCALE, kl_between_gaussians, kl_to_standard_normal, likelihood_nll, reconstruction
-from svg.models.encoders import ARCHITECTURES, per_step_statistics
+from svg.models.encoders import ARCHITECTURES, ConditionMaps, per_step_statistics
 from svg.models.lstm import FramePredictor, GaussianLSTM, reparameterize
 
 
@@ -63,6 +64,8 @@ class StepResult:
 
 
 MASK_START_LOGIT = 2.0
+POSITION_COLUMNS = slice(ACTION_DIM, COND_DIM)
+"""The end-effector position (x, y, z) within the action+position condition."""
 
 
 def _start_the_mask_copying(decoder: nn.Module) -> None:
@@ -79,8 +82,12 @@ class SVG(nn.Module):
         encoder, decoder = ARCHITECTURES[cfg.encoder]
         self.encoder = encoder(cfg.g_dim, cfg.channels)
         self.composite = cfg.composite
-        decoder_cond = cond_dim if cfg.decoder_condition else 0
-        self.decoder = decoder(cfg.g_dim, cfg.channels, decoder_cond, 4 if cfg.composite else 3)  # 4: frame and mask
+        if cfg.position_spots and cond_dim < COND_DIM:
+            raise ValueError("model.position_spots needs the end-effector position: data.conditions=action+position")
+        condition = ConditionMaps(
+            cond_dim, tiled=cfg.decoder_condition, position=POSITION_COLUMNS if cfg.position_spots else None
+        )
+        self.decoder = decoder(cfg.g_dim, cfg.channels, condition, 4 if cfg.composite else 3)  # 4: frame and mask
         if cfg.composite:
             _start_the_mask_copying(self.decoder)
         self.predictor = FramePredictor(
@@ -124,7 +131,7 @@ class SVG(nn.Module):
         """One step's frame from its code g (B, g), skips and condition (B, C); the decoder sees the
         condition only when built with ``model.decoder_condition``. With ``model.composite`` it paints a
         frame and a mask m, and the prediction is m * (the skips' frame) + (1 - m) * painting."""
-        cond = cond_t if self.decoder.condition.cond_dim else None
+        cond = cond_t if self.decoder.condition.channels else None
         if not self.composite:
             return self.decoder(g, skips, cond)
         frame = skips[-1]
