@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from svg.data.loaders import Prefetcher
 from svg.losses import active_units
 from svg.metrics import copy_last, psnr_per_frame, ssim_per_frame
 from svg.models import SVG
@@ -130,6 +131,8 @@ def evaluate(
     gen = torch.Generator(device=device).manual_seed(seed)
     kept: dict[str, list[torch.Tensor]] = {name: [] for name in ("psnr", "ssim", "cl_psnr", "cl_ssim", "z_use", "div")}
     kl_sum, count, panels = None, 0, None
+    if device.type == "cuda":  # the next batch loads, pinned, while the device scores this one
+        batches = Prefetcher(iter(batches), pin=True)
     try:
         with torch.no_grad():
             for frames, cond in batches:
@@ -162,6 +165,8 @@ def evaluate(
                 kl_sum, count = (kl * x.shape[1] if kl_sum is None else kl_sum + kl * x.shape[1]), count + x.shape[1]
     finally:
         model.train(was_training)
+        if isinstance(batches, Prefetcher):
+            batches.close()
     if not count:
         raise ValueError("evaluate: no sequences to score")
     # One copy to the host at the end: on a GPU nothing above waits for the device.

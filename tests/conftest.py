@@ -28,6 +28,20 @@ def quiet_wandb(tmp_path_factory, monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread, for tests that compare two computations bit for bit. On two threads oneDNN's
+    convolution backward and other reductions may split their sums differently from call to call
+    (2e-10 apart, measured on an EPYC), and Adam's first step divides a near-zero gradient's noise by
+    its own size, so two equal steps then differ by up to 2e-4; on one thread they are equal."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_entrypoint(name: str, *args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
     """Run ``entrypoints/NAME.py`` in a fresh interpreter, as a user would; returns CompletedProcess."""
     return subprocess.run(

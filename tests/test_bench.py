@@ -25,7 +25,7 @@ TOP_KEYS = {
 ARM_KEYS = {
     "step_time_s", "teacher_forced_share", "branches", "steps_per_s", "train_seq_per_s", "flops_per_step",
     "flop_per_s", "epoch_time_s", "seed_epoch_time_s", "precision", "channels_last", "compile", "peak_memory_bytes",
-    "step_memory_bytes", "memory_source", "compile_ran", "mfu",
+    "step_memory_bytes", "memory_source", "compile_ran", "mfu", "first_step_peak_memory_bytes",
 }  # fmt: skip
 BRANCH_KEYS = {"step_time_s", "step_time_mean_s", "step_time_min_s", "step_times_s", "warmup_times_s", "flops_per_step"}
 SMOKE_SHARE = 5 / 6
@@ -61,6 +61,8 @@ def test_report_has_the_documented_keys_and_figures(report):
             SMOKE_SHARE * tf["flops_per_step"] + (1 - SMOKE_SHARE) * free["flops_per_step"]
         )
         assert arm["step_memory_bytes"] > 0 and arm["peak_memory_bytes"] >= arm["step_memory_bytes"]
+        assert arm["first_step_peak_memory_bytes"] > 0
+    assert r["settings"]["tf32"] is False  # TF32 is a CUDA setting: the fp32 arms there run in it
     # free running feeds the decoder's own frames back through the encoder: more work than teacher forcing
     project = r["project"]["branches"]
     assert project["free_running"]["flops_per_step"] != project["teacher_forced"]["flops_per_step"]
@@ -148,17 +150,6 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
-
-
-@pytest.fixture
-def one_thread():
-    """One torch thread: on two, reductions may sum in another order from run to run, and Adam divides a near-zero
-    gradient's noise by its own size, so two equal steps then differ by up to 1.4e-4 (measured); on one thread
-    they are bit for bit equal (20 of 20 runs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _one_step(lr: float, grad_clip: float | None):

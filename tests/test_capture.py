@@ -53,7 +53,7 @@ def test_cuda_auto_precision_is_fp32_and_channels_last_only_helps_eager_autocast
         assert resolve_channels_last(Train(channels_last=True, compile=compile_mode), cpu, "fp32") is True
 
 
-def test_the_eager_step_is_the_train_step():
+def test_the_eager_step_is_the_train_step(one_thread):
     frames, cond, eps = batch()
     models = [tiny("fixed") for _ in range(2)]
     parts = [Parts(m, make_optimizer(m, Optim()), CPU) for m in models]
@@ -77,7 +77,7 @@ def test_reduce_overhead_runs_as_default_on_a_cpu_with_one_warning():
         CompiledStep(parts, "off")
 
 
-def test_auto_compiles_on_a_cpu_and_a_failing_compiler_falls_back_to_the_eager_step(monkeypatch):
+def test_auto_compiles_on_a_cpu_and_a_failing_compiler_falls_back_to_the_eager_step(monkeypatch, one_thread):
     """train.compile=auto is default (inductor) on a CPU; when compiling fails the run goes on eagerly,
     said once, and the step computes what the eager step computes."""
     from svg.step import resolve_compile

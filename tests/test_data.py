@@ -554,3 +554,15 @@ def test_prefetched_batches_arrive_in_order_and_errors_reach_the_caller():
     with pytest.raises(DataError, match="sequence 3"):
         next(stream)
     stream.close()
+
+
+def test_prefetched_batches_end_where_the_batches_end():
+    """Evaluation on a GPU reads its finite batches through the Prefetcher: a for loop over it ends after the
+    last batch, and so does every later call, rather than waiting for a batch that never comes."""
+    from svg.data.loaders import Prefetcher
+
+    stream = Prefetcher(iter([(torch.full((1,), i), torch.zeros(1)) for i in range(3)]))
+    assert [int(frames) for frames, _ in stream] == [0, 1, 2]
+    with pytest.raises(StopIteration):
+        next(stream)
+    stream.close()

@@ -20,12 +20,8 @@ CPU = Runtime(torch.device("cpu"), None)
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def _one_thread(one_thread):
     """The test machine's two cores are shared: one thread avoids OpenMP spinning against other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def batches(n_batches: int = 2, batch: int = 3, steps: int = N_PAST + HORIZON, seed: int = 0):

@@ -80,7 +80,7 @@ def test_fast_step_matches_the_per_frame_reference(encoder, teacher_forcing, pri
 
 
 @pytest.mark.parametrize("teacher_forcing", [True, False])
-def test_fast_step_fp32_gradients_match_the_reference(teacher_forcing):
+def test_fast_step_fp32_gradients_match_the_reference(teacher_forcing, one_thread):
     """In fp32 the light encoder's gradients agree to rounding (the 13-BatchNorm VGG stack amplifies
     fp32 rounding on tiny batches, hence its exact check in float64 above). On one thread: how a CPU
     splits a reduction between threads changes its rounding, which the free-running steps amplify to
@@ -88,12 +88,7 @@ def test_fast_step_fp32_gradients_match_the_reference(teacher_forcing):
     torch.manual_seed(0)
     model = small_model("dcgan64", prior="learned")
     x, c, eps = torch.rand(6, 8, 3, 64, 64), torch.randn(6, 8, 7), torch.randn(5, 8, 4)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _, fast_grads, _, ref_grads = _both_steps(model, x, c, eps, teacher_forcing)
-    finally:
-        torch.set_num_threads(threads)
+    _, fast_grads, _, ref_grads = _both_steps(model, x, c, eps, teacher_forcing)
     assert _relative_error(fast_grads, ref_grads) < 1e-4
 
 

@@ -72,6 +72,7 @@ def test_beta_range_marks_collapse_below_one_active_unit_and_renders_as_markdown
     assert "(collapsed)" in text.splitlines()[3] and "active_units 7.00 ± 2.48 (n=3)" in text
 
 
+@pytest.mark.slow  # 2 minutes: four trials in their own processes, eight evaluations
 def test_a_study_runs_its_sweep_evaluates_every_trial_under_both_protocols_and_resumes(tmp_path, monkeypatch, request):
     import yaml
 

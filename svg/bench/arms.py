@@ -74,6 +74,8 @@ class Arm:
     flops: dict[bool, int] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     """The larger of the branches' last warm-up steps (``peak_memory``)."""
+    first_step_peak_memory_bytes: int = 0
+    """The peak of the arm's first step of either branch: compiling, and on CUDA capturing the graphs."""
     runner: Step | None = None
     compile_ran: str = "off"
 
@@ -137,6 +139,7 @@ class Arm:
             "compile": self.compile,
             "compile_ran": self.runner.mode if isinstance(self.runner, CompiledStep) else self.compile_ran,
             **self.memory,
+            "first_step_peak_memory_bytes": self.first_step_peak_memory_bytes,
             **mfu(flops / median, self.parts.rt.device.type, gpu, precision),
         }
         key = "bf16_flop_per_s" if precision == "bf16" and peak and "bf16_flop_per_s" in peak else "fp32_flop_per_s"
@@ -156,7 +159,8 @@ class Setting:
 
 
 REFERENCE = Setting("reference", "fp32", channels_last=False, compile="off")
-"""The seed's step as the seed ran it: per frame, fp32, contiguous, eager."""
+"""The seed's step as the seed ran it: per frame, fp32, contiguous, eager. On CUDA its fp32 matmuls and
+convolutions run in TF32, as every fp32 step there does (``settings.tf32`` in the report)."""
 
 
 def make_arm(name: str, initial: SVG, setting: Setting, rt: Runtime, optim: Optim, free_bits: float = 0.0) -> Arm:

@@ -132,7 +132,11 @@ def _reset_resident_peak() -> bool:
 def peak_memory(device: torch.device, step: Callable[[], Any]) -> dict[str, Any]:
     """Run ``step`` and report its memory high-water mark: CUDA's allocator peak on a GPU; on a CPU the
     resident set (VmHWM, reset before the step), since torch's CPU allocations are invisible to
-    tracemalloc. ``step_memory_bytes`` is the rise above what the process held before the step."""
+    tracemalloc. ``step_memory_bytes`` is the rise above what the process held before the step.
+
+    A CUDA graph's replay allocates nothing: its activations live in the graph's private pool, reserved
+    when it was captured, so a replay's allocated peak leaves them out. ``peak_reserved_bytes`` (what the
+    allocator holds from the GPU, pools included) is the figure to size a GPU by for a captured step."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -140,7 +144,12 @@ def peak_memory(device: torch.device, step: Callable[[], Any]) -> dict[str, Any]
         step()
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
-        return {"peak_memory_bytes": peak, "step_memory_bytes": peak - before, "memory_source": "cuda allocator"}
+        return {
+            "peak_memory_bytes": peak,
+            "step_memory_bytes": peak - before,
+            "peak_reserved_bytes": torch.cuda.max_memory_reserved(device),
+            "memory_source": "cuda allocator",
+        }
     release_free_heap()
     reset = _reset_resident_peak()
     before = _status_kib("VmRSS")

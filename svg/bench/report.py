@@ -157,9 +157,12 @@ def run(
     def warm(i: int, arm: Arm) -> None:
         for tf in opts.branches:
             t0 = time.perf_counter()
-            if i == opts.warmup - 1:
+            if i in (0, opts.warmup - 1):
                 memory = peak_memory(rt.device, lambda tf=tf: step(i, arm, tf))
-                if memory["step_memory_bytes"] >= arm.memory.get("step_memory_bytes", -1):
+                if i == 0:  # compiling, and on CUDA capturing: the high-water mark a run must have room for
+                    first = max(arm.first_step_peak_memory_bytes, memory["peak_memory_bytes"])
+                    arm.first_step_peak_memory_bytes = first
+                if i == opts.warmup - 1 and memory["step_memory_bytes"] >= arm.memory.get("step_memory_bytes", -1):
                     arm.memory = memory
             else:
                 step(i, arm, tf)
@@ -188,6 +191,7 @@ def run(
             "branches": [BRANCH_NAMES[tf] for tf in opts.branches],
             "teacher_forced_share": share,
             "precision": rt.precision,
+            "tf32": rt.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32,
             "channels_last": rt.channels_last,
             "compile": cfg.compile,
             "threads": torch.get_num_threads(),

@@ -189,11 +189,15 @@ def eval_batches(
     return _load(dataset, order, num_workers)
 
 
+_END = object()
+"""What the Prefetcher's thread queues after the last batch."""
+
+
 class Prefetcher:
     """The next batch loaded (and pinned, for asynchronous copies to a GPU) in a thread while the
-    current step runs. Order and content are those of ``batches``; an error in loading is raised by
-    ``next``; ``close`` stops the thread. For GPUs: on a 2-core CPU the thread only takes time from the
-    step (measured), so CPU training reads ``train_batches`` directly."""
+    current step runs. Order and content are those of ``batches``, and it ends where they end; an error
+    in loading is raised by ``next``; ``close`` stops the thread. For GPUs: on a 2-core CPU the thread
+    only takes time from the step (measured), so CPU training reads ``train_batches`` directly."""
 
     def __init__(self, batches: Iterator[Batch], pin: bool = False):
         self._queue: queue.Queue = queue.Queue(maxsize=1)
@@ -209,6 +213,8 @@ class Prefetcher:
                     return
         except Exception as e:  # noqa: BLE001 - handed to the consumer, raised where it asks for a batch
             self._put(e)
+            return
+        self._put(_END)
 
     def _put(self, item) -> bool:
         while not self._stop.is_set():
@@ -224,6 +230,9 @@ class Prefetcher:
 
     def __next__(self) -> Batch:
         item = self._queue.get()
+        if item is _END:
+            self._queue.put(_END)  # every later call ends too
+            raise StopIteration
         if isinstance(item, Exception):
             raise item
         return item

@@ -1,8 +1,9 @@
 """The adapter to W&B's sweep engine, the ``sweeps`` package: imported quietly, fed our trials as its SweepRuns,
 asked for the next parameters (as plain Python values) and for the runs hyperband would stop.
 
-See DESIGN.md §9 for the engine's traps: numpy values, pydantic-v1 aliases, deprecation warnings. Keys W&B's server
-knows but the package's schema refuses (``run_cap``) are the runner's business and never reach the engine.
+The engine's traps, handled here: it hands out numpy values, its schema uses pydantic-v1 aliases, and importing it
+warns of deprecations. Keys W&B's server knows but the package's schema refuses (``run_cap``) are the runner's
+business and never reach the engine.
 """
 
 from __future__ import annotations
