@@ -1,18 +1,30 @@
 """Evaluate a checkpoint: test PSNR/SSIM (the seed's protocol and the long horizon), best of N samples,
-the copy-last-frame baseline, per-frame curves with 95% intervals, GIFs; logged to the checkpoint's W&B run.
+the copy-last-frame baseline, per-frame curves with 95% intervals, GIFs, LPIPS and FVD on request; logged to the
+checkpoint's W&B run.
 
 python entrypoints/evaluate.py runs/cpu/checkpoints/best.pt
 python entrypoints/evaluate.py runs/cpu/checkpoints/best.pt --protocol svg --out results/cpu-svg.json
+python entrypoints/evaluate.py CKPT --metrics psnr,ssim,lpips,fvd --metrics.i3d i3d_torchscript.pt
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 from svg.cli import at_least, run_cli
 from svg.config import OneLineParser
-from svg.protocols import PROTOCOLS
+from svg.protocols import LPIPS_NETS, METRICS, PROTOCOLS
+
+
+def metric_names(text: str) -> tuple[str, ...]:
+    """argparse type: comma-separated METRICS names."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in METRICS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or 'nothing'} is not among {','.join(METRICS)}")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +48,33 @@ def main(argv: list[str] | None = None) -> int:
         "--frames", type=at_least(1), help="predicted frames the headline figures average (default: the protocol's)"
     )
     parser.add_argument("--horizon", type=at_least(1), help="predicted frames per sequence (default: the protocol's)")
+    parser.add_argument(
+        "--metrics",
+        type=metric_names,
+        help=f"comma-separated, from {','.join(METRICS)}; PSNR and SSIM are always computed (default: the protocol's, "
+        "psnr,ssim but for bair-fvd)",
+    )
+    parser.add_argument(
+        "--metrics.lpips_net", dest="lpips_net", choices=LPIPS_NETS, help="LPIPS backbone (default: the protocol's)"
+    )
+    parser.add_argument(
+        "--metrics.lpips_weights",
+        dest="lpips_weights",
+        metavar="PATH",
+        help="torchvision's ImageNet weights of the LPIPS backbone (alexnet-owt-7be5be79.pth, vgg16-397923af.pth; "
+        "default: torch's cache, $TORCH_HOME/hub/checkpoints, fetched there on first use)",
+    )
+    parser.add_argument(
+        "--metrics.i3d",
+        dest="i3d",
+        metavar="PATH",
+        help="the FVD I3D, StyleGAN-V's TorchScript i3d_torchscript.pt (default: torch's cache, fetched there on "
+        "first use)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the prior samples (default: 0)")
-    parser.add_argument("--limit", type=at_least(1), help="score only the first N sequences (default: all)")
+    parser.add_argument(
+        "--limit", type=at_least(1), help="score only the first N sequences (default: the protocol's, else all)"
+    )
     parser.add_argument(
         "--batch-size", type=at_least(1), help="sequences per batch (default: the checkpoint's validation batch)"
     )
@@ -63,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
         opts = Options(
             split=args.split, protocol=args.protocol, data_root=args.data_root, samples=args.samples,
-            frames=args.frames, horizon=args.horizon, seed=args.seed,
+            frames=args.frames, horizon=args.horizon, metrics=args.metrics, lpips_net=args.lpips_net,
+            lpips_weights=args.lpips_weights, i3d=args.i3d, seed=args.seed,
             limit=args.limit, batch_size=args.batch_size, weights=args.weights,
             device=args.device, precision=args.precision, tracking=args.tracking, progress=not args.no_progress,
         )  # fmt: skip

@@ -1,11 +1,13 @@
 """Scoring sampled predictions against ground truth: the one path validation and evaluation share.
 
 ``evaluate`` runs a model over batches of sequences and keeps every number per sample, predicted
-frame and sequence (PSNR and SSIM from ``svg.metrics``), the copy-last-frame baseline on the same
-sequences and the posterior KL per latent dimension. ``summarize`` turns those into the reported
-figures: the mean over N samples, the best of N (chosen per sequence and per metric over the
-averaged frames, as in the SVG paper), the baseline, each with a 95% interval over sequences.
-Validation is the same call with one sample and every predicted frame averaged.
+frame and sequence (PSNR and SSIM from ``svg.metrics``; LPIPS from ``svg.perceptual`` when asked),
+the copy-last-frame baseline on the same sequences, the posterior KL per latent dimension and, for
+FVD, the I3D features (``svg.fvd``) of the real, the first sample's and the copy-last videos.
+``summarize`` turns those into the reported figures: the mean over N samples, the best of N (chosen
+per sequence and per metric over the averaged frames, as in the SVG paper; the lowest LPIPS), the
+baseline, each with a 95% interval over sequences, and the FVDs. Validation is the same call with
+one sample and every predicted frame averaged.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from dataclasses import dataclass
 import torch
 
 from svg.data.loaders import Prefetcher
+from svg.fvd import I3D, frechet_distance
 from svg.losses import active_units
 from svg.metrics import copy_last, psnr_per_frame, ssim_per_frame
 from svg.models import SVG
+from svg.perceptual import Lpips
 from svg.runtime import Runtime
 from svg.step import forward, to_model_layout
 from svg.values import plain
@@ -65,6 +69,26 @@ class Panels:
 
 
 @dataclass
+class Networks:
+    """The networks of the metrics beyond PSNR and SSIM, on the evaluation's device; None: not computed."""
+
+    lpips: Lpips | None = None
+    i3d: I3D | None = None
+    video_frames: int = 0
+    """Predicted frames of each FVD video, after the ground-truth context frames."""
+
+
+@dataclass
+class Videos:
+    """I3D features per sequence, (S, D) float64: of the real videos, of the first sample's and of copy-last's, each
+    the ground-truth context followed by the first ``Networks.video_frames`` predicted frames."""
+
+    real: torch.Tensor
+    sample: torch.Tensor
+    copy_last: torch.Tensor
+
+
+@dataclass
 class Evaluation:
     psnr: torch.Tensor
     """(N, T, S): sample, predicted frame, sequence."""
@@ -83,6 +107,12 @@ class Evaluation:
     """(S,) pixel std across the samples, averaged over predicted frames and pixels (0 with one sample)."""
     n_past: int
     panels: Panels | None
+    lpips: torch.Tensor | None = None
+    """(N, T, S), when LPIPS was computed."""
+    copy_last_lpips: torch.Tensor | None = None
+    """(T, S)."""
+    videos: Videos | None = None
+    """When FVD was computed."""
 
 
 @dataclass
@@ -120,16 +150,19 @@ def evaluate(
     rt: Runtime,
     seed: int,
     media_sequences: int = MEDIA_SEQUENCES,
+    networks: Networks | None = None,
 ) -> Evaluation:
     """Predict every sequence ``n_samples`` times from its first ``n_past`` frames and score each
     following frame. BatchNorm runs in eval mode; z comes from the prior through one generator
     seeded with ``seed``, so the same seed, batches and device give the same numbers. The first
-    ``media_sequences`` sequences are kept for media (none when 0)."""
+    ``media_sequences`` sequences are kept for media (none when 0). ``networks``: LPIPS and FVD too."""
     device = rt.device
+    nets = networks or Networks()
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
-    kept: dict[str, list[torch.Tensor]] = {name: [] for name in ("psnr", "ssim", "cl_psnr", "cl_ssim", "z_use", "div")}
+    names = ("psnr", "ssim", "cl_psnr", "cl_ssim", "z_use", "div", "lpips", "cl_lpips", "real", "sample", "cl_video")
+    kept: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     kl_sum, count, panels = None, 0, None
     if device.type == "cuda":  # the next batch loads, pinned, while the device scores this one
         batches = Prefetcher(iter(batches), pin=True)
@@ -140,16 +173,20 @@ def evaluate(
                 target, baseline = x[n_past:], copy_last(x, n_past, x.shape[0])
                 k = min(media_sequences, x.shape[1]) if panels is None else 0
                 shown = _Shown()
-                batch_psnr, batch_ssim = [], []
+                batch_psnr, batch_ssim, batch_lpips = [], [], []
                 total, total_sq, shift = torch.zeros_like(target), torch.zeros_like(target), None
-                for _ in range(n_samples):
+                for i in range(n_samples):
                     with rt.autocast():
                         pred = model.predict(x[:n_past], c, n_past, generator=gen).float()
+                    if nets.i3d is not None and i == 0:  # FVD: one video per sequence, the first draw
+                        kept["sample"].append(_video_features(nets, x[:n_past], pred))
                     shift = pred if shift is None else shift  # moments about the first sample: no cancellation
                     total += pred - shift
                     total_sq += (pred - shift).square()
                     batch_psnr.append(psnr_per_frame(pred, target))
                     batch_ssim.append(ssim_per_frame(pred, target).float())
+                    if nets.lpips is not None:
+                        batch_lpips.append(nets.lpips.per_frame(pred, target))
                     if k:
                         shown.add(pred[:, :k], batch_psnr[-1][:, :k])
                 if k:
@@ -160,6 +197,12 @@ def evaluate(
                 kept["ssim"].append(torch.stack(batch_ssim))
                 kept["cl_psnr"].append(psnr_per_frame(baseline, target))
                 kept["cl_ssim"].append(ssim_per_frame(baseline, target).float())
+                if nets.lpips is not None:
+                    kept["lpips"].append(torch.stack(batch_lpips))
+                    kept["cl_lpips"].append(nets.lpips.per_frame(baseline, target))
+                if nets.i3d is not None:
+                    kept["real"].append(_video_features(nets, x[:n_past], target))
+                    kept["cl_video"].append(_video_features(nets, x[:n_past], baseline))
                 kl, use = _latent_use(model, x, c, n_past, rt, gen)
                 kept["z_use"].append(use)
                 kl_sum, count = (kl * x.shape[1] if kl_sum is None else kl_sum + kl * x.shape[1]), count + x.shape[1]
@@ -174,6 +217,10 @@ def evaluate(
         torch.cat(kept[name], dim).cpu()
         for name, dim in (("psnr", 2), ("ssim", 2), ("cl_psnr", 1), ("cl_ssim", 1), ("z_use", 0), ("div", 0))
     )
+    lpips, cl_lpips, real, sample, cl_video = (
+        torch.cat(kept[name], dim).cpu() if kept[name] else None
+        for name, dim in (("lpips", 2), ("cl_lpips", 1), ("real", 0), ("sample", 0), ("cl_video", 0))
+    )
     return Evaluation(
         psnr=psnr,
         ssim=ssim,
@@ -184,7 +231,15 @@ def evaluate(
         diversity=diversity,
         n_past=n_past,
         panels=None if panels is None else panels.to_cpu(),
+        lpips=lpips,
+        copy_last_lpips=cl_lpips,
+        videos=None if real is None else Videos(real, sample, cl_video),
     )
+
+
+def _video_features(nets: Networks, context: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+    """I3D features of the context followed by the first ``nets.video_frames`` predicted frames."""
+    return nets.i3d.features(torch.cat([context, predicted[: nets.video_frames]]))
 
 
 def _latent_use(
@@ -222,10 +277,11 @@ def mean_ci_per_frame(per_sequence: torch.Tensor) -> tuple[list[float], list[flo
     return [m for m, _ in pairs], [h for _, h in pairs]
 
 
-def best_of_n(values: torch.Tensor, frames: int) -> torch.Tensor:
+def best_of_n(values: torch.Tensor, frames: int, lower: bool = False) -> torch.Tensor:
     """(N, T, S) -> (T, S): per sequence, every frame of the sample whose mean over the first
-    ``frames`` predicted frames is highest (the first such sample on ties)."""
-    index = values[:, :frames].mean(1).argmax(0)  # (S,)
+    ``frames`` predicted frames is highest (lowest with ``lower``: LPIPS), the first such sample on ties."""
+    means = values[:, :frames].mean(1)
+    index = means.argmin(0) if lower else means.argmax(0)  # (S,)
     return values.gather(0, index.expand(1, *values.shape[1:]))[0]
 
 
@@ -241,6 +297,10 @@ def figures(ev: Evaluation, frames: int) -> dict[str, float]:
         # paired per sequence: what choosing the best of N samples gains over a typical sample
         "best_minus_mean": best_of_n(ev.psnr, frames)[:frames].mean(0) - ev.psnr[:, :frames].mean((0, 1)),
     }
+    if ev.lpips is not None:
+        per_sequence["lpips"] = ev.lpips[:, :frames].mean((0, 1))
+        per_sequence["lpips_best_of_n"] = best_of_n(ev.lpips, frames, lower=True)[:frames].mean(0)
+        per_sequence["copy_last_lpips"] = ev.copy_last_lpips[:frames].mean(0)
     out = {}
     for name, values in per_sequence.items():
         out[name], out[f"{name}_ci95"] = mean_ci(values)
@@ -262,6 +322,10 @@ def summarize(ev: Evaluation, frames: int) -> dict:
         "copy_last_psnr_per_frame": ev.copy_last_psnr,
         "copy_last_ssim_per_frame": ev.copy_last_ssim,
     }
+    if ev.lpips is not None:
+        curves["lpips_per_frame"] = ev.lpips.mean(0)
+        curves["lpips_best_of_n_per_frame"] = best_of_n(ev.lpips, horizon, lower=True)
+        curves["copy_last_lpips_per_frame"] = ev.copy_last_lpips
     out: dict = {
         "n_sequences": n_sequences,
         "n_samples": n_samples,
@@ -273,6 +337,9 @@ def summarize(ev: Evaluation, frames: int) -> dict:
     for name, values in curves.items():
         out[name], out[f"{name}_ci95"] = mean_ci_per_frame(values)
     out["long_horizon"] = figures(ev, horizon)
+    if ev.videos is not None:  # one number per set of videos: no interval over sequences
+        out["fvd"] = frechet_distance(ev.videos.sample, ev.videos.real)
+        out["copy_last_fvd"] = frechet_distance(ev.videos.copy_last, ev.videos.real)
     out["sample_diversity"] = ev.diversity.mean().item()
     out["z_use"], out["z_use_ci95"] = mean_ci(ev.z_use)
     out["kl"] = ev.kl_per_dim.sum().item()  # nats per predicted step

@@ -1,12 +1,14 @@
-"""The evaluator: a checkpoint scored on a split, written as JSON with media beside it, and logged
-to the checkpoint's W&B run. The numbers come from ``svg.evaluation``, as validation's do.
+"""The evaluator: a checkpoint scored on a split under a named protocol (``svg.protocols``), written as
+JSON with media beside it, and logged to the checkpoint's W&B run. The numbers come from
+``svg.evaluation``, as validation's do; the weights of LPIPS and FVD from ``svg.weights``, found
+before anything runs.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -15,11 +17,14 @@ from tqdm import tqdm
 from svg.checkpoint import load_model, model_weights
 from svg.data import SEQ_LEN, eval_batches, open_split
 from svg.errors import SvgError
-from svg.evaluation import evaluate, summarize
+from svg.evaluation import Networks, evaluate, summarize
+from svg.fvd import load_i3d
 from svg.media import write_curves, write_gif, write_strip
-from svg.protocols import PROTOCOLS, SSIM_SETTINGS
+from svg.perceptual import BACKBONES, load_lpips
+from svg.protocols import ALWAYS, METRICS, PROTOCOLS, SSIM_SETTINGS, FvdSettings, LpipsSettings
 from svg.runtime import setup_runtime
 from svg.tracking import Tracker
+from svg.weights import I3D, find_all
 
 
 def per_frame_series(summary: dict) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
@@ -31,8 +36,13 @@ def per_frame_series(summary: dict) -> dict[str, dict[str, tuple[list[float], li
             f"best of {n}": (summary[f"{metric}_best_of_n_per_frame"], summary[f"{metric}_best_of_n_per_frame_ci95"]),
             "copy last": (summary[f"copy_last_{metric}_per_frame"], summary[f"copy_last_{metric}_per_frame_ci95"]),
         }
-        for metric in ("psnr", "ssim")
+        for metric in scored(summary)
     }
+
+
+def scored(summary: dict) -> tuple[str, ...]:
+    """The per-frame metrics a summary holds: PSNR, SSIM and, when computed, LPIPS."""
+    return ("psnr", "ssim", "lpips") if "lpips" in summary else ("psnr", "ssim")
 
 
 def headline(summary: dict) -> str:
@@ -48,6 +58,13 @@ def headline(summary: dict) -> str:
         f"copy-last {lh['copy_last_psnr']:.2f}; "
         f"latent: {s['active_units']} active units, KL {s['kl']:.3g} nats/step, z use {s['z_use']:.2g}, "
         f"sample spread {s['sample_diversity']:.3f}; {s['n_sequences']} sequences"
+        + (
+            f"; LPIPS {s['lpips']:.3f} (best of {s['n_samples']} {s['lpips_best_of_n']:.3f}, "
+            f"copy-last {s['copy_last_lpips']:.3f})"
+            if "lpips" in s
+            else ""
+        )
+        + (f"; FVD {s['fvd']:.1f} (copy-last {s['copy_last_fvd']:.1f})" if "fvd" in s else "")
     )
 
 
@@ -65,8 +82,17 @@ class Options:
     horizon: int | None = None
     """samples, frames, horizon: None takes the protocol's (a horizon of None there: every frame after the
     context, 28 of 30 with 2 given)."""
+    metrics: tuple[str, ...] | None = None
+    """Names from ``svg.protocols.METRICS``; None: the protocol's. PSNR and SSIM are always computed."""
+    lpips_net: str | None = None
+    """alex or vgg; None: the protocol's."""
+    lpips_weights: str | None = None
+    """The LPIPS backbone's weights file; None: torch's cache, fetched there when missing (``svg.weights``)."""
+    i3d: str | None = None
+    """The FVD I3D TorchScript file; None: torch's cache, fetched there when missing."""
     seed: int = 0
     limit: int | None = None
+    """None: the protocol's number of sequences, else the whole split."""
     batch_size: int | None = None
     """None: the checkpoint's train.val_batch_size, else its data.batch_size."""
     weights: str = "auto"
@@ -102,9 +128,19 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, opts: Options) -> dict:
         raise SvgError(f"--horizon: {horizon} predicted frames after {n_past} given exceed the {SEQ_LEN} frames")
     if frames > horizon:
         raise SvgError(f"--frames: {frames} is more than the horizon of {horizon} predicted frames")
+    metrics = tuple(m for m in METRICS if m in {*ALWAYS, *(opts.metrics or protocol.metrics)})
+    lpips_net = opts.lpips_net or protocol.lpips_net
+    wanted = [(BACKBONES[lpips_net], opts.lpips_weights)] if "lpips" in metrics else []
+    wanted += [(I3D, opts.i3d)] if "fvd" in metrics else []
+    found = iter(find_all(wanted))  # before anything runs: a missing file fails at once
+    lpips_weights = next(found) if "lpips" in metrics else None
+    i3d_weights = next(found) if "fvd" in metrics else None
     root = opts.data_root or exp.data.root
     dataset = open_split(root, opts.split, seq_len=n_past + horizon, conditions=exp.data.conditions)
-    n = len(dataset) if opts.limit is None else min(opts.limit, len(dataset))
+    limit = opts.limit or protocol.sequences
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if "fvd" in metrics and n < 2:
+        raise SvgError(f"--metrics fvd: a Frechet distance needs 2 sequences at least, {n} scored")
     batch_size = opts.batch_size or exp.val_batch_size
 
     rt = setup_runtime(exp.train.model_copy(update={"device": opts.device, "precision": opts.precision}))
@@ -116,7 +152,12 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, opts: Options) -> dict:
         eval_batches(dataset, batch_size, limit=n), total=math.ceil(n / batch_size), unit="batch",
         desc=f"evaluate {opts.split} ({samples} samples)", disable=not opts.progress, dynamic_ncols=True,
     )  # fmt: skip
-    ev = evaluate(model, batches, n_past, samples, rt, opts.seed)
+    networks = Networks(
+        lpips=None if lpips_weights is None else load_lpips(lpips_net, lpips_weights.path, rt.device),
+        i3d=None if i3d_weights is None else load_i3d(i3d_weights.path, rt.device),
+        video_frames=frames,
+    )
+    ev = evaluate(model, batches, n_past, samples, rt, opts.seed, networks=networks)
     summary = summarize(ev, frames)
 
     stem = out.with_suffix("")
@@ -125,20 +166,30 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, opts: Options) -> dict:
         "strip": write_strip(stem.with_name(f"{stem.name}_strip.png"), ev.panels.videos(), n_past),
         "per_frame": write_curves(stem.with_name(f"{stem.name}_per_frame.png"), per_frame_series(summary), mark=frames),
     }
+    named = (samples, frames, horizon) == as_named and protocol.sequences in (None, n)
+    named = named and ("lpips" not in metrics or lpips_net == protocol.lpips_net)
+    stamp = {
+        "name": protocol.name if named else "custom",
+        "n_past": n_past,
+        "frames": frames,
+        "horizon": horizon,
+        "samples": samples,
+        "ssim": SSIM_SETTINGS,
+    }
+    if metrics != ALWAYS:  # the stamp of a PSNR and SSIM evaluation stays as it was
+        stamp["metrics"] = list(metrics)
+    if lpips_weights is not None:
+        stamp["lpips"] = {**asdict(LpipsSettings(lpips_net)), "weights": lpips_weights.stamp()}
+    if i3d_weights is not None:
+        fvd = FvdSettings(videos=n, frames=n_past + frames, context_frames=n_past)
+        stamp["fvd"] = {**asdict(fvd), "weights": i3d_weights.stamp()}
     result = {
         "checkpoint": str(checkpoint),
         "split": opts.split,
         "data_root": str(root),
         "seed": opts.seed,
         "weights": model_weights(state, opts.weights),
-        "protocol": {
-            "name": protocol.name if (samples, frames, horizon) == as_named else "custom",
-            "n_past": n_past,
-            "frames": frames,
-            "horizon": horizon,
-            "samples": samples,
-            "ssim": SSIM_SETTINGS,
-        },
+        "protocol": stamp,
         **summary,
         "media": {k: p.name for k, p in media.items()},
     }
@@ -157,15 +208,14 @@ def _log(tracker: Tracker, result: dict, media: dict[str, Path]) -> None:
     scalars = {f"{split}/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
     scalars.update({f"{split}/long_horizon/{k}": v for k, v in result["long_horizon"].items()})
     lists = {f"{split}/{k}": v for k, v in result.items() if isinstance(v, list)}
-    curves = {
-        f"{split}/{k}": (result[k], "predicted frame")
-        for k in ("psnr_per_frame", "ssim_per_frame", "psnr_best_of_n_per_frame", "copy_last_psnr_per_frame")
-    }
+    per_frame = ["psnr_per_frame", "ssim_per_frame", "psnr_best_of_n_per_frame", "copy_last_psnr_per_frame"]
+    per_frame += ["lpips_per_frame"] if "lpips" in result else []
+    curves = {f"{split}/{k}": (result[k], "predicted frame") for k in per_frame}
     columns = ["figure", "horizon", "mean", "ci95", "best_of_n", "copy_last"]
     rows = [
         [m, frames, r[m], r[f"{m}_ci95"], r[f"{m}_best_of_n"], r[f"copy_last_{m}"]]
         for frames, r in ((result["frames"], result), (result["horizon"], result["long_horizon"]))
-        for m in ("psnr", "ssim")
+        for m in scored(result)
     ]
     tracker.log(
         {**scalars, **lists},

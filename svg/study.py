@@ -55,6 +55,8 @@ SUMMARY = [  # the per-setting columns of RESULTS.md
     ("test/svg/active_units", "active units"),
     ("test/svg/kl", "KL nats/step"),
 ]
+PERCEPTUAL = ("lpips", "lpips_best_of_n", "fvd")
+"""Columns RESULTS.md adds, as test/<protocol>/<name>, where some trial's evaluation computed them (--metrics)."""
 PANELS = [
     (M, "test PSNR, 10 frames, seed protocol (dB)\nred dashes: copy-last"),
     ("test/svg/psnr_best_of_n", "best of 100, 28 frames, svg protocol (dB)"),
@@ -245,11 +247,17 @@ def lines(name: str, result: dict) -> list[str]:
             + (" (collapsed)" if row["collapsed"] else "") for k, row in result.items()]  # fmt: skip
 
 
+def columns(metrics: set[str]) -> list[tuple[str, str]]:
+    """SUMMARY, then the LPIPS and FVD figures among ``metrics``."""
+    found = sorted(m for m in metrics if m.startswith("test/") and m.split("/")[-1] in PERCEPTUAL)
+    return SUMMARY + [(m, m.removeprefix("test/")) for m in found]
+
+
 def summary(settings: list[Setting]) -> dict:
-    """Per setting, SUMMARY's metrics as mean ± 95% t-interval over seeds."""
+    """Per setting, the ``columns`` metrics as mean ± 95% t-interval over seeds."""
+    shown = columns({m for s in settings for m in s.by_seed})
     return {
-        s.label: {m: _iv(mean_ci(list(s.by_seed[m].values()))) for m, _ in SUMMARY if s.by_seed.get(m)}
-        for s in settings
+        s.label: {m: _iv(mean_ci(list(s.by_seed[m].values()))) for m, _ in shown if s.by_seed.get(m)} for s in settings
     }
 
 
@@ -260,15 +268,17 @@ def markdown(results: dict, tables: dict | None = None) -> str:
         text += [f"## {name}", *(f"- {line}" for line in lines(name, result)), ""]
         rows = (tables or {}).get(name)
         if rows:
-            text += ["| setting | " + " | ".join(head for _, head in SUMMARY) + " |", "|---" * (len(SUMMARY) + 1) + "|"]
+            shown = columns({m for row in rows.values() for m in row})
+            text += ["| setting | " + " | ".join(head for _, head in shown) + " |", "|---" * (len(shown) + 1) + "|"]
             for label, row in rows.items():
-                cells = [_plain(row.get(metric)) for metric, _ in SUMMARY]
+                cells = [_plain(row.get(metric), digits=3 if "lpips" in metric else 2) for metric, _ in shown]
                 text.append(f"| {label} | " + " | ".join(cells) + " |")
             text.append("")
     return "\n".join(text)
 
 
-def _plain(iv: dict | None, signed: bool = False) -> str:
+def _plain(iv: dict | None, signed: bool = False, digits: int = 2) -> str:
     if iv is None:
         return "–"
-    return f"{iv['mean']:{'+' if signed else ''}.2f}" + ("" if iv["half"] is None else f" ± {iv['half']:.2f}")
+    mean = f"{iv['mean']:{'+' if signed else ''}.{digits}f}"
+    return mean + ("" if iv["half"] is None else f" ± {iv['half']:.{digits}f}")

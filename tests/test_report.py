@@ -269,3 +269,22 @@ def test_each_protocol_is_its_own_metric_and_the_run_table_prefers_the_projects(
     assert setting.by_seed["test/seed/psnr"] == {1: 26.0, 2: 27.0}
     assert setting.by_seed["test/svg/psnr"] == {1: 31.0, 2: 32.0}
     assert setting.by_seed["test/project/psnr"] == {1: 21.0, 2: 22.0}
+
+
+def test_lpips_and_fvd_columns_show_where_evaluated_and_lower_is_better(tmp_path):
+    scores = {("monotonic", 1): (0.125, 300.0), ("monotonic", 2): (0.25, 320.0),
+              ("cyclical", 1): (0.0625, 250.0), ("cyclical", 2): (0.1875, 270.0)}  # fmt: skip
+    for i, ((mode, seed), (lpips, fvd)) in enumerate(scores.items()):
+        evaluation = {"psnr": 21.0, "lpips": lpips, "lpips_best_of_n": lpips / 2, "fvd": fvd}
+        fake_run(tmp_path / "runs" / f"r{i}", 0.002, mode, [20.0], evaluation, {"train.seed": seed})
+    text = write_report([tmp_path / "runs"], tmp_path / "report").read_text()
+    cell = '<td title="eval/test-best.json">'
+    for expected in (
+        '<th class="">test LPIPS</th><th class="">test LPIPS best of N</th><th class="">test FVD</th>',
+        f"{cell}0.125</td>{cell}0.062</td>{cell}300.0</td>",
+        "<td class='l'>test/project/lpips</td><td>-0.062 ± 0.000</td><td>2</td><td class='l better'>",
+        "<td class='l'>test/project/fvd</td><td>-50.00 ± 0.00</td><td>2</td><td class='l better'>",
+    ):
+        assert expected in text, expected
+    fake_run(tmp_path / "plain" / "a", 0.002, "monotonic", [20.0], {"psnr": 21.0})
+    assert "test LPIPS" not in write_report([tmp_path / "plain"], tmp_path / "plain-report").read_text()

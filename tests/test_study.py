@@ -8,7 +8,7 @@ import pytest
 import wandb
 
 from svg.report.study import Setting
-from svg.study import annealing, beta_range, learning_rate, markdown, teacher_forcing
+from svg.study import annealing, beta_range, learning_rate, markdown, summary, teacher_forcing
 
 M, CL = "test/seed/psnr", "test/seed/copy_last_psnr"
 
@@ -70,6 +70,15 @@ def test_beta_range_marks_collapse_below_one_active_unit_and_renders_as_markdown
     assert rows["beta_max=1e-05"]["best_minus_mean"]["mean"] == pytest.approx(1.1)
     text = markdown({"beta": rows})
     assert "(collapsed)" in text.splitlines()[3] and "active_units 7.00 ± 2.48 (n=3)" in text
+
+
+def test_results_md_adds_lpips_and_fvd_columns_only_where_an_evaluation_computed_them():
+    plain = [setting({"kl.beta_max": 1.0}, [20, 21])]
+    assert "LPIPS" not in markdown({"beta": {}}, {"beta": summary(plain)}) and "lpips" not in str(summary(plain))
+    perceptual = [setting({"kl.beta_max": 1.0}, [20, 21], lpips_best_of_n=[0.125, 0.0625], fvd=[300.0, 310.0])]
+    text = markdown({"beta": {}}, {"beta": summary(perceptual)})
+    header, _, row = text.splitlines()[-3:]
+    assert header.endswith("| svg/fvd | svg/lpips_best_of_n |") and row.endswith("| 305.00 ± 63.53 | 0.094 ± 0.397 |")
 
 
 @pytest.mark.slow  # 2 minutes: four trials in their own processes, eight evaluations

@@ -53,8 +53,8 @@ ul.verdicts li { margin: 3px 0; }
 NOTE = (
     "val PSNR: mean over the predicted validation frames (seed protocol, images in [0, 1]); copy-last: the last "
     "context frame repeated, on the same sequences; active z: latent dimensions whose mean KL exceeds 0.01 nats "
-    "(0: the KL collapsed). Test columns come from entrypoints/evaluate.py (first 10 predicted frames). Bold: the "
-    "best validation PSNR."
+    "(0: the KL collapsed). Test columns come from entrypoints/evaluate.py (first 10 predicted frames; LPIPS and FVD, "
+    "lower is better, where it computed them). Bold: the best validation PSNR."
 )
 
 STUDY_NOTE = (
@@ -67,8 +67,8 @@ STUDY_NOTE = (
 PAIRED_NOTE = (
     "Each setting minus the reference, seed by seed over the seeds both hold: mean ± 95% t-interval of the per-seed "
     "differences (n: shared seeds). Verdict: better / worse when the interval excludes 0 (PSNR and SSIM: higher is "
-    "better), higher / lower for numbers without a better direction, inconclusive when it holds 0 or with one shared "
-    "seed. The copy-last baseline is left out: it does not depend on the setting."
+    "better; LPIPS and FVD: lower), higher / lower for numbers without a better direction, inconclusive when it holds "
+    "0 or with one shared seed. The copy-last baseline is left out: it does not depend on the setting."
 )
 
 BOLD = re.compile(r"\*\*(.+?)\*\*")
@@ -182,15 +182,25 @@ def _sweep_meta(sweep: dict, runs: list[Run]) -> str:
     return " · ".join(html.escape(f) for f in facts if f)
 
 
+TEST_COLUMNS = [("psnr", "test PSNR", 2), ("ssim", "test SSIM", 3), ("psnr_best_of_n", "test PSNR best of N", 2)]
+PERCEPTUAL_COLUMNS = [
+    ("lpips", "test LPIPS", 3),
+    ("lpips_best_of_n", "test LPIPS best of N", 3),
+    ("fvd", "test FVD", 1),
+]
+"""Shown where some run's evaluation computed them."""
+
+
 def _table(runs: list[Run], keys: list[str]) -> str:
     has_eval = any(r.evaluation for r in runs)
+    test_columns = TEST_COLUMNS + [c for c in PERCEPTUAL_COLUMNS if any(c[0] in (r.evaluation or {}) for r in runs)]
     has_error = any(r.error for r in runs)
     has_state = any(r.state for r in runs)
     best = max((r for r in runs if r.best_psnr is not None), key=lambda r: r.best_psnr, default=None)
     head = ["", "run"] + (["state"] if has_state else []) + keys
     head += ["best val PSNR", "final val PSNR", "copy-last", "final − copy-last", "val SSIM", "active z", "epochs"]
     if has_eval:
-        head += ["test PSNR", "test SSIM", "test PSNR best of N"]
+        head += [name for _, name, _ in test_columns]
     if has_error:
         head.append("error")
     rows = []
@@ -209,7 +219,7 @@ def _table(runs: list[Run], keys: list[str]) -> str:
         if has_eval:
             ev = run.evaluation or {}
             title = html.escape(ev.get("file", ""), quote=True)
-            for key, digits in (("psnr", 2), ("ssim", 3), ("psnr_best_of_n", 2)):
+            for key, _, digits in test_columns:
                 cells.append(f'<td title="{title}">{_fmt(ev.get(key), digits)}</td>')
         if has_error:
             cells.append(f'<td class="err">{html.escape(run.error or "")}</td>')
@@ -217,6 +227,11 @@ def _table(runs: list[Run], keys: list[str]) -> str:
     left = set(head[: head.index("best val PSNR")]) | {"error"}
     header = "".join(f'<th class="{"l" if h in left else ""}">{html.escape(h)}</th>' for h in head)
     return f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _digits(metric: str) -> int:
+    """SSIM and LPIPS live in [0, 1]: three decimals; dB and the rest: two."""
+    return 3 if "ssim" in metric or "lpips" in metric else 2
 
 
 def _interval(iv: Interval | None, digits: int, signed: bool = False) -> str:
@@ -239,7 +254,7 @@ def _study(found: Study | None) -> list[str]:
     )
     rows = []
     for metric in found.metrics:
-        digits = 3 if "ssim" in metric else 2
+        digits = _digits(metric)
         cells = "".join(f"<td>{_interval(s.interval(metric), digits)}</td>" for s in found.settings)
         rows.append(f"<tr><td class='l'>{html.escape(metric)}</td>{cells}</tr>")
     parts = [
@@ -251,7 +266,7 @@ def _study(found: Study | None) -> list[str]:
     if found.paired:
         rows = [
             f"<tr><td class='l'>{html.escape(p.setting)}</td><td class='l'>{html.escape(p.metric)}</td>"
-            f"<td>{_interval(p.diff, 3 if 'ssim' in p.metric else 2, signed=True)}</td><td>{p.diff.n}</td>"
+            f"<td>{_interval(p.diff, _digits(p.metric), signed=True)}</td><td>{p.diff.n}</td>"
             f"<td class='l {p.verdict}'>{p.verdict}</td></tr>"
             for p in found.paired
         ]

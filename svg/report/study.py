@@ -24,6 +24,7 @@ EVAL_META = {"n_sequences", "n_samples", "n_past", "horizon", "frames", "seed"}
 
 BETTER_WHEN_HIGHER = {"psnr", "ssim", "psnr_best", "psnr_best_of_n", "ssim_best_of_n"}
 """Metric names (the part after ``test/`` or ``val/``) where higher is better; others get higher/lower verdicts."""
+BETTER_WHEN_LOWER = {"lpips", "lpips_best_of_n", "fvd"}
 
 
 @dataclass
@@ -78,7 +79,10 @@ def numbers(run: Run) -> dict[str, float]:
 
 def direction(metric: str) -> tuple[str, str]:
     """The verdict's words for "above" and "below" the reference."""
-    return ("better", "worse") if metric.split("/")[-1] in BETTER_WHEN_HIGHER else ("higher", "lower")
+    name = metric.split("/")[-1]
+    if name in BETTER_WHEN_HIGHER:
+        return "better", "worse"
+    return ("worse", "better") if name in BETTER_WHEN_LOWER else ("higher", "lower")
 
 
 def group(runs: list[Run], keys: list[str]) -> list[Setting]:
