@@ -262,18 +262,19 @@ def _latent_use(
     return posterior.kld_per_dim.float(), use
 
 
-def mean_ci(per_sequence: torch.Tensor) -> tuple[float, float]:
-    """Mean over sequences (the last dimension) and the half-width of its 95% interval,
-    1.96 * sample std / sqrt(n); 0 for a single sequence."""
+def z_interval(per_sequence: torch.Tensor) -> tuple[float, float]:
+    """Mean over sequences (the last dimension) and the half-width of its 95% normal interval,
+    1.96 * sample std / sqrt(n); 0 for a single sequence. (Over a few seeds the report uses Student's t:
+    ``svg.report.stats.mean_ci``.)"""
     n = per_sequence.shape[-1]
     values = per_sequence.double()
     half = Z95 * values.std(-1) / math.sqrt(n) if n > 1 else torch.zeros(())
     return values.mean(-1).item(), half.item()
 
 
-def mean_ci_per_frame(per_sequence: torch.Tensor) -> tuple[list[float], list[float]]:
+def z_interval_per_frame(per_sequence: torch.Tensor) -> tuple[list[float], list[float]]:
     """(T, S) -> mean and 95% half-width per frame."""
-    pairs = [mean_ci(row) for row in per_sequence]
+    pairs = [z_interval(row) for row in per_sequence]
     return [m for m, _ in pairs], [h for _, h in pairs]
 
 
@@ -303,7 +304,7 @@ def figures(ev: Evaluation, frames: int) -> dict[str, float]:
         per_sequence["copy_last_lpips"] = ev.copy_last_lpips[:frames].mean(0)
     out = {}
     for name, values in per_sequence.items():
-        out[name], out[f"{name}_ci95"] = mean_ci(values)
+        out[name], out[f"{name}_ci95"] = z_interval(values)
     return out
 
 
@@ -335,13 +336,13 @@ def summarize(ev: Evaluation, frames: int) -> dict:
         **figures(ev, frames),
     }
     for name, values in curves.items():
-        out[name], out[f"{name}_ci95"] = mean_ci_per_frame(values)
+        out[name], out[f"{name}_ci95"] = z_interval_per_frame(values)
     out["long_horizon"] = figures(ev, horizon)
     if ev.videos is not None:  # one number per set of videos: no interval over sequences
         out["fvd"] = frechet_distance(ev.videos.sample, ev.videos.real)
         out["copy_last_fvd"] = frechet_distance(ev.videos.copy_last, ev.videos.real)
     out["sample_diversity"] = ev.diversity.mean().item()
-    out["z_use"], out["z_use_ci95"] = mean_ci(ev.z_use)
+    out["z_use"], out["z_use_ci95"] = z_interval(ev.z_use)
     out["kl"] = ev.kl_per_dim.sum().item()  # nats per predicted step
     out["kl_per_dim"] = ev.kl_per_dim.tolist()
     out["active_units"] = active_units(ev.kl_per_dim)

@@ -9,7 +9,7 @@ import torch
 from conftest import ROOT, inspect_run, run_entrypoint
 
 from svg.config import Model
-from svg.evaluation import Evaluation, best_of_n, evaluate, mean_ci, summarize
+from svg.evaluation import Evaluation, best_of_n, evaluate, summarize, z_interval
 from svg.metrics import copy_last
 from svg.models import SVG
 from svg.runtime import Runtime
@@ -95,9 +95,9 @@ def test_best_of_n_chooses_per_sequence_and_per_metric_over_the_averaged_frames(
 
 
 def test_mean_and_95_interval_over_sequences():
-    mean, half = mean_ci(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    mean, half = z_interval(torch.tensor([1.0, 2.0, 3.0, 4.0]))
     assert mean == 2.5 and half == pytest.approx(1.96 * (5 / 3) ** 0.5 / 2)
-    assert mean_ci(torch.tensor([7.0])) == (7.0, 0.0)
+    assert z_interval(torch.tensor([7.0])) == (7.0, 0.0)
 
 
 def test_evaluation_is_seeded_uses_eval_batchnorm_and_restores_the_mode():
