@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from svg.errors import SvgError
+from svg.errors import SvgError, first_line
 from svg.protocols import I3D_SIZE
 
 I3D_CHUNK = 16
@@ -57,7 +57,7 @@ class I3D:
                 try:
                     f = self.module(x, rescale=False, resize=False, return_features=True)
                 except (RuntimeError, torch.jit.Error) as e:  # what a TorchScript module raises is a jit.Error
-                    reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+                    reason = first_line(e, last=True)
                     raise SvgError(f"I3D {self.path}: failed on videos of shape {tuple(x.shape)} ({reason})") from None
                 if not isinstance(f, torch.Tensor) or f.dim() != 2 or f.shape[0] != x.shape[0]:
                     got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
@@ -72,7 +72,7 @@ def load_i3d(path: Path, device: torch.device) -> I3D:
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(str(path), map_location=device)
     except (RuntimeError, ValueError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         raise SvgError(f"I3D {path}: not a TorchScript file ({reason})") from None
     return I3D(path, module.eval())
 

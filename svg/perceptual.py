@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from svg.errors import SvgError
+from svg.errors import SvgError, first_line
 from svg.weights import ALEXNET, VGG16, WeightFile
 
 BACKBONES: dict[str, WeightFile] = {"alex": ALEXNET, "vgg": VGG16}
@@ -62,13 +62,13 @@ def load_lpips(net: str, backbone: Path, device: torch.device) -> Lpips:
     try:
         features = torch.load(backbone, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - turned into a one-line error naming the file
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         raise SvgError(f"LPIPS backbone {backbone}: unreadable ({reason})") from None
     try:
         # torchmetrics keeps torchvision's layer numbers: slice2.3.weight is features.3.weight
         module.net.load_state_dict({k: features[f"features.{k.split('.', 1)[1]}"] for k in module.net.state_dict()})
     except (KeyError, IndexError, TypeError, RuntimeError) as e:
-        reason = str(e).splitlines()[0]
+        reason = first_line(e)
         raise SvgError(f"LPIPS backbone {backbone}: not torchvision's {net} weights ({reason})") from None
     heads = torch.load(heads_file(net), map_location="cpu", weights_only=True)
     for k, lin in enumerate(module.lins):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from svg.config import Optim
+from svg.errors import first_line
 from svg.models import SVG
 from svg.models.svg import StepResult
 from svg.runtime import Runtime
@@ -285,7 +286,7 @@ class CompiledStep:
         return fig
 
     def _fall_back(self, error: Exception) -> None:
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        reason = first_line(error)[:200]
         _warn_once(f"train.compile={self.mode} failed ({type(error).__name__}: {reason}); the step runs eagerly")
         self.parts, self.mode, self.graphs = self._eager_parts, "off", False
         self._objective = self._body

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from svg.errors import SvgError
+from svg.errors import SvgError, first_line
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def _fetch(spec: WeightFile, path: Path) -> None:
         torch.hub.download_url_to_file(spec.url, str(part), progress=True)
     except OSError as e:  # offline, refused, HTTP errors, a read-only cache: URLError and HTTPError are OSErrors
         part.unlink(missing_ok=True)
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         raise SvgError(
             f"{spec.name} ({spec.what}) is not in {path.parent} and cannot be fetched ({reason}); "
             f"download {spec.url} ({spec.checksum}) into that folder, or pass it with {spec.flag} PATH"
