@@ -24,39 +24,49 @@ BRANCHES = {"both": (True, False), "on": (True,), "off": (False,)}
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(
-        prog="bench.py", description=__doc__.split("\n\n")[0],
+        prog="bench.py",
+        description=__doc__.split("\n\n")[0],
         epilog="Without --config: the seed preset where CUDA is available, else the cpu preset.",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", type=Path, help="JSON report (default: bench/<preset>-<device>.json)")
     parser.add_argument("--steps", type=at_least(1), default=5, help="timed training steps per arm (default: 5)")
     parser.add_argument(
-        "--warmup", type=at_least(1), default=1,
+        "--warmup",
+        type=at_least(1),
+        default=1,
         help="untimed steps per arm before timing; the last gives the peak memory (default: 1; 2+ with compile)",
-    )  # fmt: skip
+    )
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="= --train.precision")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="= --train.channels_last")
     parser.add_argument(
-        "--compile", nargs="?", const="default", choices=["off", "default", "reduce-overhead"],
+        "--compile",
+        nargs="?",
+        const="default",
+        choices=["off", "default", "reduce-overhead"],
         help="= --train.compile (alone: default)",
-    )  # fmt: skip
+    )
     parser.add_argument("--no-compile", dest="compile", action="store_const", const="off", help="= --compile off")
     parser.add_argument(
-        "--captured", action="store_true",
+        "--captured",
+        action="store_true",
         help="also time the captured step (train.compile=reduce-overhead: CUDA graphs; compile default on a CPU)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--validation", action="store_true",
+        "--validation",
+        action="store_true",
         help="also time one validation as the trainer runs it (train.val_sequences, val_batch_size, val_samples) and "
         "project an epoch and the whole run",
-    )  # fmt: skip
+    )
     parser.add_argument("--threads", type=at_least(1), help="= --train.threads")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="= --train.device")
     parser.add_argument("--batch-size", type=at_least(1), help="= --data.batch_size")
     parser.add_argument(
-        "--teacher-forcing", choices=["both", "on", "off"], default="both",
+        "--teacher-forcing",
+        choices=["both", "on", "off"],
+        default="both",
         help="time the teacher-forced step (decoder batched over time), the one fed its own predictions, or both, "
         "mixed in the share the run's schedule sets (default: both)",
-    )  # fmt: skip
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip the seed's per-frame fp32 step")
     parser.add_argument("--eval-batches", type=at_least(0), default=2, help="timed model.predict batches (default: 2)")
     parser.add_argument(
@@ -67,14 +77,19 @@ def main(argv: list[str] | None = None) -> int:
         "--data-root", type=Path, help="dataset to load from (default: a small synthetic set in a temp folder)"
     )
     parser.add_argument(
-        "--step-data", choices=["synthetic", "random"], default="synthetic",
+        "--step-data",
+        choices=["synthetic", "random"],
+        default="synthetic",
         help="training batches from the dataset or random uint8 frames (default: synthetic)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--variant", action="append", default=[], metavar="K=V[,K=V]",
+        "--variant",
+        action="append",
+        default=[],
+        metavar="K=V[,K=V]",
         help="an extra arm timed in the same alternation: step=project|reference, precision=auto|fp32|bf16|fp16, "
         "channels_last=true|false, compile=off|default|reduce-overhead (repeatable)",
-    )  # fmt: skip
+    )
     add_experiment_arguments(parser)
     parser.set_defaults(config=None)
     args = parser.parse_args(argv)
@@ -85,9 +100,13 @@ def main(argv: list[str] | None = None) -> int:
 
             args.config = "seed" if torch.cuda.is_available() else "cpu"
         shortcuts = {
-            "precision": "train.precision", "channels_last": "train.channels_last", "compile": "train.compile",
-            "threads": "train.threads", "device": "train.device", "batch_size": "data.batch_size",
-        }  # fmt: skip
+            "precision": "train.precision",
+            "channels_last": "train.channels_last",
+            "compile": "train.compile",
+            "threads": "train.threads",
+            "device": "train.device",
+            "batch_size": "data.batch_size",
+        }
         for option, dotted in shortcuts.items():
             if getattr(args, option) is not None:
                 setattr(args, dotted, getattr(args, option))
@@ -96,11 +115,19 @@ def main(argv: list[str] | None = None) -> int:
         from svg.values import plain
 
         opts = Options(
-            steps=args.steps, warmup=args.warmup, branches=BRANCHES[args.teacher_forcing],
-            reference=not args.no_reference, eval_batches=args.eval_batches, loader_batches=args.loader_batches,
-            loader_workers=args.loader_workers, data_root=args.data_root, step_data=args.step_data,
-            variants=tuple(args.variant), captured=args.captured, validation=args.validation,
-        )  # fmt: skip
+            steps=args.steps,
+            warmup=args.warmup,
+            branches=BRANCHES[args.teacher_forcing],
+            reference=not args.no_reference,
+            eval_batches=args.eval_batches,
+            loader_batches=args.loader_batches,
+            loader_workers=args.loader_workers,
+            data_root=args.data_root,
+            step_data=args.step_data,
+            variants=tuple(args.variant),
+            captured=args.captured,
+            validation=args.validation,
+        )
 
         def write(report: dict) -> Path:
             out = args.out or Path("bench") / f"{Path(args.config).stem}-{report['device'].split(':')[0]}.json"

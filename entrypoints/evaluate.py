@@ -99,12 +99,25 @@ def main(argv: list[str] | None = None) -> int:
         from svg.evaluator import Options, default_output, evaluate_checkpoint, headline
 
         opts = Options(
-            split=args.split, protocol=args.protocol, data_root=args.data_root, samples=args.samples,
-            frames=args.frames, horizon=args.horizon, metrics=args.metrics, lpips_net=args.lpips_net,
-            lpips_weights=args.lpips_weights, i3d=args.i3d, seed=args.seed,
-            limit=args.limit, batch_size=args.batch_size, weights=args.weights,
-            device=args.device, precision=args.precision, tracking=args.tracking, progress=not args.no_progress,
-        )  # fmt: skip
+            split=args.split,
+            protocol=args.protocol,
+            data_root=args.data_root,
+            samples=args.samples,
+            frames=args.frames,
+            horizon=args.horizon,
+            metrics=args.metrics,
+            lpips_net=args.lpips_net,
+            lpips_weights=args.lpips_weights,
+            i3d=args.i3d,
+            seed=args.seed,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            weights=args.weights,
+            device=args.device,
+            precision=args.precision,
+            tracking=args.tracking,
+            progress=not args.no_progress,
+        )
         out = args.out or default_output(args.checkpoint, args.split)
         result = evaluate_checkpoint(args.checkpoint, out, opts)
         print(f"{args.split}: {headline(result)}; results in {out}")

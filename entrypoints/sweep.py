@@ -18,10 +18,15 @@ from svg.config import OneLineParser
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="sweep.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", type=Path, help="a W&B sweep YAML (the same file `wandb sweep` takes)")
-    parser.add_argument("--out", type=Path, help="sweep folder: sweep.json + one run folder per trial "
-                        "(default: runs/sweep-<YAML name>)")  # fmt: skip
-    parser.add_argument("--count", type=at_least(1), help="trials in the sweep at most (random and bayes need it or "
-                        "the YAML's run_cap; the smaller of the two wins)")  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, help="sweep folder: sweep.json + one run folder per trial (default: runs/sweep-<YAML name>)"
+    )
+    parser.add_argument(
+        "--count",
+        type=at_least(1),
+        help="trials in the sweep at most (random and bayes need it or "
+        "the YAML's run_cap; the smaller of the two wins)",
+    )
     parser.add_argument("--parallel", type=at_least(1), default=1, help="trials run at once (default: 1)")
     parser.add_argument(
         "--threads", type=at_least(1), help="CPU threads per trial, set as OMP_NUM_THREADS (default: cores / parallel)"
@@ -53,12 +58,20 @@ def main(argv: list[str] | None = None) -> int:
         config = load_sweep(args.sweep, parse_set(args.set))
         out = args.out or Path("runs") / f"sweep-{args.sweep.stem}"
         runner = SweepRunner(
-            config, out, count=args.count, parallel=args.parallel, threads=args.threads, resume=args.resume,
-            wandb_sweep_id=args.sweep_id, source=str(args.sweep),
-        )  # fmt: skip
+            config,
+            out,
+            count=args.count,
+            parallel=args.parallel,
+            threads=args.threads,
+            resume=args.resume,
+            wandb_sweep_id=args.sweep_id,
+            source=str(args.sweep),
+        )
         gpus = f" and one GPU (of {','.join(runner.gpus)})" if runner.gpus else ""
-        print(f"sweep {runner.sweep_id} ({config['method']}) in {out}, {args.parallel} trial(s) at a time, "
-              f"{runner.threads} thread(s){gpus} each")  # fmt: skip
+        print(
+            f"sweep {runner.sweep_id} ({config['method']}) in {out}, {args.parallel} trial(s) at a time, "
+            f"{runner.threads} thread(s){gpus} each"
+        )
         record = runner.run()
         trials = record["trials"]
         states = {s: sum(t["state"] == s for t in trials) for s in ("finished", "stopped", "failed")}

@@ -149,9 +149,13 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, opts: Options) -> dict:
         model.channels_last = True
         model.to(memory_format=torch.channels_last)
     batches = tqdm(
-        eval_batches(dataset, batch_size, limit=n), total=math.ceil(n / batch_size), unit="batch",
-        desc=f"evaluate {opts.split} ({samples} samples)", disable=not opts.progress, dynamic_ncols=True,
-    )  # fmt: skip
+        eval_batches(dataset, batch_size, limit=n),
+        total=math.ceil(n / batch_size),
+        unit="batch",
+        desc=f"evaluate {opts.split} ({samples} samples)",
+        disable=not opts.progress,
+        dynamic_ncols=True,
+    )
     networks = Networks(
         lpips=None if lpips_weights is None else load_lpips(lpips_net, lpips_weights.path, rt.device),
         i3d=None if i3d_weights is None else load_i3d(i3d_weights.path, rt.device),

@@ -75,14 +75,16 @@ def compose(videos: list[Video], n_past: int, scale: int = 1) -> np.ndarray:
     labels = Image.new("RGB", (width, 2 * line), "white")
     draw = ImageDraw.Draw(labels)
     for c, (label, _) in enumerate(videos):
-        draw.text((c * cell_w + cell_w // 2 - GAP * scale // 2, line + line // 2), label, fill=TEXT, font=font,
-                  anchor="mm")  # fmt: skip
+        draw.text(
+            (c * cell_w + cell_w // 2 - GAP * scale // 2, line + line // 2), label, fill=TEXT, font=font, anchor="mm"
+        )
     frames = np.empty((steps, 2 * line + body.shape[1], width, 3), dtype=np.uint8)
     for t in range(steps):
         header = labels.copy()
         phase, color = _phase(t, n_past)
-        ImageDraw.Draw(header).text((2 * scale, line // 2), f"frame {t + 1}/{steps}  {phase}", fill=color,
-                                    font=font, anchor="lm")  # fmt: skip
+        ImageDraw.Draw(header).text(
+            (2 * scale, line // 2), f"frame {t + 1}/{steps}  {phase}", fill=color, font=font, anchor="lm"
+        )
         frames[t, : 2 * line] = np.asarray(header)
         frames[t, 2 * line :] = body[t]
     return frames
@@ -117,9 +119,15 @@ def save_gif(path: Path, frames: np.ndarray, fps: float = 4, hold_last: float = 
     durations = [round(1000 / fps)] * (len(images) - 1) + [round(1000 * max(hold_last, 1 / fps))]
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(
-        path, save_all=True, append_images=images[1:], duration=durations, loop=0, transparency=unchanged,
-        disposal=1, optimize=False,
-    )  # fmt: skip
+        path,
+        save_all=True,
+        append_images=images[1:],
+        duration=durations,
+        loop=0,
+        transparency=unchanged,
+        disposal=1,
+        optimize=False,
+    )
     return path
 
 
@@ -142,8 +150,13 @@ def write_strip(path: Path, videos: list[Video], n_past: int, sequence: int = 0)
         canvas.paste(Image.fromarray(np.concatenate(list(cells), axis=1)), (margin, LINE + r * row_h))
         draw.text((GAP, LINE + r * row_h + (row_h - BAR - GAP) // 2), label, fill=TEXT, font=font, anchor="lm")
     for t in range(steps):
-        draw.text((margin + t * cell_w + (cell_w - GAP) // 2, LINE // 2), str(t + 1), fill=_phase(t, n_past)[1],
-                  font=font, anchor="mm")  # fmt: skip
+        draw.text(
+            (margin + t * cell_w + (cell_w - GAP) // 2, LINE // 2),
+            str(t + 1),
+            fill=_phase(t, n_past)[1],
+            font=font,
+            anchor="mm",
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(path, optimize=True)
     return path

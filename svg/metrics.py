@@ -66,8 +66,9 @@ def ssim_per_frame(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(T, B, 3, H, W) in [0, 1] -> (T, B) SSIM, float64, on the frames' device (``pred`` clipped to [0, 1]
     first, as before; frames at least 7 pixels on each side)."""
     if pred.shape != target.shape or pred.dim() != 5:
-        raise ValueError(f"ssim_per_frame: expected two (T, B, C, H, W) tensors, got {tuple(pred.shape)} and "
-                         f"{tuple(target.shape)}")  # fmt: skip
+        raise ValueError(
+            f"ssim_per_frame: expected two (T, B, C, H, W) tensors, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     t, b, c, h, w = pred.shape
     if min(h, w) < SSIM_WINDOW:
         raise ValueError(f"ssim_per_frame: frames of {h}x{w} are smaller than the {SSIM_WINDOW}x{SSIM_WINDOW} window")

@@ -90,13 +90,20 @@ def run_study(
     tables = {name: summary(settings) for name, settings in found.items()}
     for name, settings in found.items():
         title = f"study-{name}"
-        write_report([out / name], out / name / "report", f"Study: {title}", _reference(name, settings),
-                     lines(name, results[name]))  # fmt: skip
+        write_report(
+            [out / name],
+            out / name / "report",
+            f"Study: {title}",
+            _reference(name, settings),
+            lines(name, results[name]),
+        )
         plot_settings(settings, PANELS, out / f"{title}.png", f"{title}: mean ± 95% over seeds")
     (out / "results.json").write_text(json.dumps({"verdicts": results, "settings": tables}, indent=1) + "\n")
     (out / "RESULTS.md").write_text(markdown(results, tables))
-    sections = [(f"{n}: sweeps/study-{n}.yaml", f"{n}/report/report.html", lines(n, r), out / f"study-{n}.png")
-                for n, r in results.items()]  # fmt: skip
+    sections = [
+        (f"{n}: sweeps/study-{n}.yaml", f"{n}/report/report.html", lines(n, r), out / f"study-{n}.png")
+        for n, r in results.items()
+    ]
     write_index(out, "svg-sweeps study: verdicts", sections)
     return results
 
@@ -152,8 +159,10 @@ def _diff(a: Setting | None, b: Setting | None, metric: str = M) -> Interval | N
 def annealing(settings: list[Setting]) -> dict:
     out = {}
     for beta in sorted({s.values.get("kl.beta_max") for s in settings}):
-        d = _diff(_find(settings, **{"kl.beta_max": beta, "kl.mode": "monotonic"}),
-                  _find(settings, **{"kl.beta_max": beta, "kl.mode": "cyclical"}))  # fmt: skip
+        d = _diff(
+            _find(settings, **{"kl.beta_max": beta, "kl.mode": "monotonic"}),
+            _find(settings, **{"kl.beta_max": beta, "kl.mode": "cyclical"}),
+        )
         verdict = "reproduced" if _above(d, 0) else "not reproduced" if _below(d, CLAIM_MARGIN) else "inconclusive"
         out[f"beta_max={beta}"] = {"monotonic_minus_cyclical": _iv(d), "verdict": verdict}
     return out
@@ -189,7 +198,7 @@ def learning_rate(settings: list[Setting]) -> dict:
         budget: _diff(
             _find(settings, **{"train.epochs": budget, "optim.lr": 0.002}),
             _find(settings, **{"train.epochs": budget, "optim.lr": 0.0002}),
-        )  # fmt: skip
+        )
         for budget in budgets
     }
     full = gaps[budgets[-1]] if budgets else None
@@ -213,7 +222,7 @@ def beta_range(settings: list[Setting]) -> dict:
                 ("best_minus_mean", "test/svg/best_minus_mean"),
                 ("psnr", M),
                 ("psnr_best_of_100", "test/svg/psnr_best_of_n"),
-            )  # fmt: skip
+            )
             if setting.by_seed.get(metric)
         }
         units = figures.get("active_units")
@@ -234,17 +243,26 @@ def lines(name: str, result: dict) -> list[str]:
         return _plain(iv, signed) + ("" if iv is None else f" (n={iv['n']})")
 
     if name == "annealing":
-        return [f"{k}: monotonic − cyclical {fmt(v['monotonic_minus_cyclical'])} dB: **{v['verdict']}**"
-                for k, v in result.items()]  # fmt: skip
+        return [
+            f"{k}: monotonic − cyclical {fmt(v['monotonic_minus_cyclical'])} dB: **{v['verdict']}**"
+            for k, v in result.items()
+        ]
     if name == "tfr":
         return [f"verdict: **{result['verdict']}** (best start {result.get('best_start')})"] + [
             f"start {k}: PSNR {fmt(v['psnr'], signed=False)}, copy-last {v['copy_last']:.2f}, "
-            f"minus best {fmt(v['minus_best'])}: {v['outcome']}" for k, v in result["starts"].items()]  # fmt: skip
+            f"minus best {fmt(v['minus_best'])}: {v['outcome']}"
+            for k, v in result["starts"].items()
+        ]
     if name == "lr":
         return [f"verdict: **{result['verdict']}**"] + [
-            f"{k}: 2e-3 − 2e-4 {fmt(v)} dB" for k, v in result["lr_2e-3_minus_2e-4"].items()]  # fmt: skip
-    return [f"{k}: " + ", ".join(f"{m} {fmt(v, m == 'best_minus_mean')}" for m, v in row.items() if m != "collapsed")
-            + (" (collapsed)" if row["collapsed"] else "") for k, row in result.items()]  # fmt: skip
+            f"{k}: 2e-3 − 2e-4 {fmt(v)} dB" for k, v in result["lr_2e-3_minus_2e-4"].items()
+        ]
+    return [
+        f"{k}: "
+        + ", ".join(f"{m} {fmt(v, m == 'best_minus_mean')}" for m, v in row.items() if m != "collapsed")
+        + (" (collapsed)" if row["collapsed"] else "")
+        for k, row in result.items()
+    ]
 
 
 def columns(metrics: set[str]) -> list[tuple[str, str]]:

@@ -190,9 +190,14 @@ class Trainer:
         exp, cfg, rt = self.exp, self.exp.train, self.rt
         total = cfg.epochs * cfg.iters_per_epoch
         batches = train_batches(
-            self.train_set, exp.data.batch_size, seed=cfg.seed, num_workers=exp.data.num_workers,
-            rank=rt.rank, world_size=rt.world_size, start_batch=self.iteration,
-        )  # fmt: skip
+            self.train_set,
+            exp.data.batch_size,
+            seed=cfg.seed,
+            num_workers=exp.data.num_workers,
+            rank=rt.rank,
+            world_size=rt.world_size,
+            start_batch=self.iteration,
+        )
         if rt.device.type == "cuda":  # the next batch loads, pinned, while the step runs
             batches = Prefetcher(batches, pin=True)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -19,14 +19,39 @@ from svg.runtime import Runtime
 from svg.step import Parts, make_optimizer, to_model_layout, train_step
 
 TOP_KEYS = {
-    "preset", "device", "settings", "speedup_vs_reference", "project", "reference", "flops_ratio", "variants",
-    "loader", "machine", "load_average", "wall_time_s",
-}  # fmt: skip
+    "preset",
+    "device",
+    "settings",
+    "speedup_vs_reference",
+    "project",
+    "reference",
+    "flops_ratio",
+    "variants",
+    "loader",
+    "machine",
+    "load_average",
+    "wall_time_s",
+}
 ARM_KEYS = {
-    "step_time_s", "teacher_forced_share", "branches", "steps_per_s", "train_seq_per_s", "flops_per_step",
-    "flop_per_s", "epoch_time_s", "seed_epoch_time_s", "precision", "channels_last", "compile", "peak_memory_bytes",
-    "step_memory_bytes", "memory_source", "compile_ran", "mfu", "first_step_peak_memory_bytes",
-}  # fmt: skip
+    "step_time_s",
+    "teacher_forced_share",
+    "branches",
+    "steps_per_s",
+    "train_seq_per_s",
+    "flops_per_step",
+    "flop_per_s",
+    "epoch_time_s",
+    "seed_epoch_time_s",
+    "precision",
+    "channels_last",
+    "compile",
+    "peak_memory_bytes",
+    "step_memory_bytes",
+    "memory_source",
+    "compile_ran",
+    "mfu",
+    "first_step_peak_memory_bytes",
+}
 BRANCH_KEYS = {"step_time_s", "step_time_mean_s", "step_time_min_s", "step_times_s", "warmup_times_s", "flops_per_step"}
 SMOKE_SHARE = 5 / 6
 """The smoke preset's teacher-forced share of steps (tests/test_schedules.py works it out by hand)."""
@@ -36,9 +61,22 @@ SMOKE_SHARE = 5 / 6
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "smoke.json"
     proc = run_entrypoint(
-        "bench", "--config", "smoke", "--steps", "2", "--threads", "1", "--loader-batches", "3",
-        "--eval-batches", "1", "--variant", "channels_last=false", "--out", str(out),
-    )  # fmt: skip
+        "bench",
+        "--config",
+        "smoke",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+        "--loader-batches",
+        "3",
+        "--eval-batches",
+        "1",
+        "--variant",
+        "channels_last=false",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
 
@@ -94,10 +132,28 @@ def test_validation_is_timed_as_the_trainer_runs_it_and_projects_the_run(tmp_pat
     """Action-free conditions too (the svg preset's): prediction and validation feed the model's own width."""
     out = tmp_path / "validation.json"
     proc = run_entrypoint(
-        "bench", "--config", "smoke", "--data.conditions=none", "--steps", "1", "--threads", "1", "--no-reference",
-        "--loader-batches", "0", "--step-data", "random", "--eval-batches", "1", "--validation",
-        "--train.val_sequences=6", "--train.val_batch_size=4", "--train.val_every=2", "--out", str(out),
-    )  # fmt: skip
+        "bench",
+        "--config",
+        "smoke",
+        "--data.conditions=none",
+        "--steps",
+        "1",
+        "--threads",
+        "1",
+        "--no-reference",
+        "--loader-batches",
+        "0",
+        "--step-data",
+        "random",
+        "--eval-batches",
+        "1",
+        "--validation",
+        "--train.val_sequences=6",
+        "--train.val_batch_size=4",
+        "--train.val_every=2",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     v, step, cfg = r["validation"], r["project"]["step_time_s"], load_experiment("smoke").train
@@ -114,9 +170,25 @@ def test_validation_is_timed_as_the_trainer_runs_it_and_projects_the_run(tmp_pat
 def test_captured_arm_runs_as_compile_default_on_a_cpu_and_says_so(tmp_path):
     out = tmp_path / "captured.json"
     proc = run_entrypoint(
-        "bench", "--config", "smoke", "--steps", "1", "--warmup", "2", "--threads", "1", "--loader-batches", "0",
-        "--eval-batches", "0", "--step-data", "random", "--captured", "--out", str(out),
-    )  # fmt: skip
+        "bench",
+        "--config",
+        "smoke",
+        "--steps",
+        "1",
+        "--warmup",
+        "2",
+        "--threads",
+        "1",
+        "--loader-batches",
+        "0",
+        "--eval-batches",
+        "0",
+        "--step-data",
+        "random",
+        "--captured",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     captured = r["captured"]

@@ -30,8 +30,10 @@ def batch(b: int = 3, steps: int = 6, seed: int = 0):
     return frames, torch.randn(b, steps, 7, generator=g), torch.randn(4, steps - 1, b, 4, generator=g)
 
 
-@pytest.mark.parametrize(("given", "means"), [(True, "default"), (False, "off"), ("True", "default"),
-                                              ("false", "off"), ("reduce-overhead", "reduce-overhead")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("given", "means"),
+    [(True, "default"), (False, "off"), ("True", "default"), ("false", "off"), ("reduce-overhead", "reduce-overhead")],
+)
 def test_compile_accepts_the_modes_and_the_old_booleans(given, means):
     assert load_experiment("smoke", {"train.compile": given}).train.compile == means
 

@@ -17,9 +17,15 @@ def test_agent_spellings_parse_into_the_config():
     """wandb agent passes str() of each value: True/False, None, floats in e-notation, dotted names."""
     exp = load_experiment(
         "smoke",
-        {"kl.mode": "cyclical", "model.last_frame_skip": "True", "optim.grad_clip": "None", "optim.lr": "2e-4",
-         "tfr.decay_step": "0.25", "tracking.tags": "[a, b]"},
-    )  # fmt: skip
+        {
+            "kl.mode": "cyclical",
+            "model.last_frame_skip": "True",
+            "optim.grad_clip": "None",
+            "optim.lr": "2e-4",
+            "tfr.decay_step": "0.25",
+            "tracking.tags": "[a, b]",
+        },
+    )
     assert exp.kl.mode == "cyclical"
     assert exp.model.last_frame_skip is True
     assert exp.optim.grad_clip is None

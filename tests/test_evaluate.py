@@ -143,9 +143,16 @@ def test_best_minus_mean_is_paired_per_sequence():
     mean and 1.96 sd / sqrt(3) of those differences."""
     psnr = torch.tensor([[[20.0, 30.0, 10.0]], [[22.0, 30.0, 16.0]]])  # (N=2, T=1, S=3)
     ev = Evaluation(
-        psnr=psnr, ssim=torch.zeros_like(psnr), copy_last_psnr=torch.zeros(1, 3), copy_last_ssim=torch.zeros(1, 3),
-        kl_per_dim=torch.zeros(4), z_use=torch.zeros(3), diversity=torch.zeros(3), n_past=2, panels=None,
-    )  # fmt: skip
+        psnr=psnr,
+        ssim=torch.zeros_like(psnr),
+        copy_last_psnr=torch.zeros(1, 3),
+        copy_last_ssim=torch.zeros(1, 3),
+        kl_per_dim=torch.zeros(4),
+        z_use=torch.zeros(3),
+        diversity=torch.zeros(3),
+        n_past=2,
+        panels=None,
+    )
     s = summarize(ev, frames=1)
     gains = torch.tensor([1.0, 0.0, 3.0])  # 22 - 21, 30 - 30, 16 - 13
     assert s["best_minus_mean"] == pytest.approx(gains.mean().item())
@@ -309,8 +316,12 @@ def test_a_named_protocol_sets_the_frames_and_samples_and_is_stamped_into_the_re
     assert evaluate_cli()([ckpt, "--protocol", "seed", "--out", str(out), *common]) == 0
     result = json.loads(out.read_text())
     assert {k: v for k, v in result["protocol"].items() if k != "ssim"} == {
-        "name": "seed", "n_past": 2, "frames": 10, "horizon": 10, "samples": 10,
-    }  # fmt: skip
+        "name": "seed",
+        "n_past": 2,
+        "frames": 10,
+        "horizon": 10,
+        "samples": 10,
+    }
     assert len(result["psnr_per_frame"]) == 10 and result["n_samples"] == 10
     assert "7x7" in result["protocol"]["ssim"]
     assert evaluate_cli()([ckpt, "--protocol", "seed", "--samples", "2", "--out", str(out), *common]) == 0

@@ -286,9 +286,20 @@ def test_the_bair_fvd_protocol_and_the_settings_stamped_beside_each_metric():
     assert p.metrics == ("psnr", "ssim", "lpips", "fvd") and p.lpips_net == "alex"
     assert all(q.metrics == ("psnr", "ssim") and q.sequences is None for n, q in PROTOCOLS.items() if n != "bair-fvd")
     fvd = asdict(FvdSettings(videos=256, frames=16, context_frames=1))
-    assert [f.name for f in fields(FvdSettings)] == list(fvd) == [
-        "videos", "frames", "context_frames", "samples_per_video", "resolution", "resize", "i3d", "distance",
-    ]  # fmt: skip
+    assert (
+        [f.name for f in fields(FvdSettings)]
+        == list(fvd)
+        == [
+            "videos",
+            "frames",
+            "context_frames",
+            "samples_per_video",
+            "resolution",
+            "resize",
+            "i3d",
+            "distance",
+        ]
+    )
     assert fvd["resolution"] == 224 and fvd["samples_per_video"] == 1 and "return_features=True" in fvd["i3d"]
     assert list(asdict(LpipsSettings("alex"))) == ["net", "heads", "backbone", "resolution", "frames", "best_of_n"]
 
@@ -319,8 +330,17 @@ def test_evaluate_without_the_weights_offline_exits_2_naming_each_file(
     assert evaluate_cli()([*args, "--metrics", "lpips,fvd"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("evaluate.py: ") and "Traceback" not in err
-    for expected in (ALEXNET.name, ALEXNET.url, "sha256 7be5be79", I3D.name, I3D.url, I3D.git_sha1,
-                     "--metrics.lpips_weights", "--metrics.i3d", "name resolution"):  # fmt: skip
+    for expected in (
+        ALEXNET.name,
+        ALEXNET.url,
+        "sha256 7be5be79",
+        I3D.name,
+        I3D.url,
+        I3D.git_sha1,
+        "--metrics.lpips_weights",
+        "--metrics.i3d",
+        "name resolution",
+    ):
         assert expected in err, expected
     assert not (tmp_path / "r.json").exists()
     assert evaluate_cli()([*args, "--protocol", "bair-fvd", "--metrics.i3d", str(tmp_path / "no.pt")]) == 2
@@ -349,12 +369,18 @@ def test_evaluate_with_the_weights_by_path_writes_lpips_and_fvd_with_their_proto
     stamp = r["protocol"]
     assert stamp["name"] == "custom" and stamp["metrics"] == ["psnr", "ssim", "lpips", "fvd"]
     assert stamp["lpips"]["net"] == "alex" and stamp["lpips"]["weights"] == {
-        "file": str(alexnet[0]), "source": "given", "sha256": hashlib.sha256(alexnet[0].read_bytes()).hexdigest(),
+        "file": str(alexnet[0]),
+        "source": "given",
+        "sha256": hashlib.sha256(alexnet[0].read_bytes()).hexdigest(),
         "published": False,
-    }  # fmt: skip
+    }
     assert {k: stamp["fvd"][k] for k in ("videos", "frames", "context_frames", "samples_per_video", "resolution")} == {
-        "videos": 4, "frames": 1 + 8, "context_frames": 1, "samples_per_video": 1, "resolution": 224,
-    }  # fmt: skip
+        "videos": 4,
+        "frames": 1 + 8,
+        "context_frames": 1,
+        "samples_per_video": 1,
+        "resolution": 224,
+    }
     assert stamp["fvd"]["weights"]["file"] == str(i3d_file) and not stamp["fvd"]["weights"]["published"]
     assert "LPIPS" in capsys.readouterr().out
 

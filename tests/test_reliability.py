@@ -189,11 +189,19 @@ def _smoke(data_root, **train) -> Experiment:
             "data": {"source": "synthetic", "root": data_root, "n_train": 24, "n_val": 8, "n_test": 8, "batch_size": 4},
             "model": {"encoder": "dcgan64", "channels": 8, "g_dim": 16, "z_dim": 4, "rnn_size": 16},
             "tfr": {"start_decay_epoch": 1},
-            "train": {"epochs": 2, "iters_per_epoch": 3, "n_future": 4, "n_eval": 8, "val_sequences": 4,
-                      "precision": "fp32", "threads": 1, **train},
+            "train": {
+                "epochs": 2,
+                "iters_per_epoch": 3,
+                "n_future": 4,
+                "n_eval": 8,
+                "val_sequences": 4,
+                "precision": "fp32",
+                "threads": 1,
+                **train,
+            },
             "tracking": {"mode": "disabled"},
         }
-    )  # fmt: skip
+    )
     return exp
 
 

@@ -27,10 +27,21 @@ def fake_run(
     lines = []
     for epoch, value in enumerate(psnr, start=1):
         lines.append({"iter": epoch * 3, "epoch": epoch - 1, "train/loss": 0.01, "train/kld": 0.1})
-        lines.append({"epoch": epoch, "iter": epoch * 3, "beta": 0.5 * epoch, "tfr": 1.0 - 0.1 * epoch,
-                      "epoch/kld": 0.2 / epoch, "val/psnr": value, "val/psnr_best": max(psnr[:epoch]),
-                      "val/psnr_copy_last": 20.0, "val/ssim": 0.8, "kl/active_units": 2,
-                      "val/psnr_per_frame": [value + 1, value, value - 1]})  # fmt: skip
+        lines.append(
+            {
+                "epoch": epoch,
+                "iter": epoch * 3,
+                "beta": 0.5 * epoch,
+                "tfr": 1.0 - 0.1 * epoch,
+                "epoch/kld": 0.2 / epoch,
+                "val/psnr": value,
+                "val/psnr_best": max(psnr[:epoch]),
+                "val/psnr_copy_last": 20.0,
+                "val/ssim": 0.8,
+                "kl/active_units": 2,
+                "val/psnr_per_frame": [value + 1, value, value - 1],
+            }
+        )
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     (path / "media").mkdir()
     for epoch in (1, len(psnr)):
@@ -52,14 +63,22 @@ def sweep_dir(tmp_path):
     )
     fake_run(out / "bbbb2222", 0.002, "cyclical", [20.25, 20.75, 21.5])
     parameters = {"config": {"value": "smoke"}, "kl.mode": {"values": ["monotonic", "cyclical", "sigmoid"]}}
-    config = {"name": "demo", "method": "grid", "metric": {"name": "val/psnr_best", "goal": "maximize"},
-              "parameters": parameters}  # fmt: skip
+    config = {
+        "name": "demo",
+        "method": "grid",
+        "metric": {"name": "val/psnr_best", "goal": "maximize"},
+        "parameters": parameters,
+    }
     trials = [
         {"id": "aaaa1111", "params": {"config": "smoke", "kl.mode": "monotonic"}, "state": "finished"},
         {"id": "bbbb2222", "params": {"config": "smoke", "kl.mode": "cyclical"}, "state": "finished"},
-        {"id": "cccc3333", "params": {"config": "smoke", "kl.mode": "sigmoid"}, "state": "failed",
-         "error": "train.py: kl.mode: Input should be 'monotonic', 'cyclical' or 'none' (got 'sigmoid')"},
-    ]  # fmt: skip
+        {
+            "id": "cccc3333",
+            "params": {"config": "smoke", "kl.mode": "sigmoid"},
+            "state": "failed",
+            "error": "train.py: kl.mode: Input should be 'monotonic', 'cyclical' or 'none' (got 'sigmoid')",
+        },
+    ]
     record = {"sweep_id": "swp00001", "source": "sweeps/demo.yaml", "config": config, "trials": trials}
     (out / "sweep.json").write_text(json.dumps(record))
     return out
@@ -77,9 +96,18 @@ def test_sweep_report_is_one_self_contained_page(sweep_dir, tmp_path):
     first = base64.b64encode((sweep_dir / "bbbb2222" / "media" / "epoch0001.gif").read_bytes()).decode()
     assert first not in text
     # "failed", "cyclical" and "kl.mode" also occur in the CSS or the error message: look for the cells
-    for expected in ("Sweep demo", '<th class="l">kl.mode</th>', '<td class="l">cyclical</td>',
-                     '<td class="l">sigmoid</td>', 'state-failed">failed</td>', "got &#x27;sigmoid&#x27;",
-                     "<td>21.25</td>", "<td>21.50</td>", ">22.50</td>", ">23.75</td>"):  # fmt: skip
+    for expected in (
+        "Sweep demo",
+        '<th class="l">kl.mode</th>',
+        '<td class="l">cyclical</td>',
+        '<td class="l">sigmoid</td>',
+        'state-failed">failed</td>',
+        "got &#x27;sigmoid&#x27;",
+        "<td>21.25</td>",
+        "<td>21.50</td>",
+        ">22.50</td>",
+        ">23.75</td>",
+    ):
         assert expected in text, expected
     best = re.findall(r'<tr class="best">.*?</tr>', text)
     assert len(best) == 1 and "bbbb2222" in best[0]  # 21.50 beats 21.25
@@ -109,9 +137,20 @@ def test_run_folders_compare_on_what_differs(tmp_path):
 
 def test_report_entrypoint_on_a_real_sweep(tmp_path):
     data = tmp_path / "data"
-    sweep = run_entrypoint("sweep", str(ROOT / "sweeps" / "smoke.yaml"), "--out", str(tmp_path / "sw"), "--threads",
-                           "1", "--set", "kl.mode=cyclical", "--set", "data.source=synthetic", "--set",
-                           f"data.root={data}")  # fmt: skip
+    sweep = run_entrypoint(
+        "sweep",
+        str(ROOT / "sweeps" / "smoke.yaml"),
+        "--out",
+        str(tmp_path / "sw"),
+        "--threads",
+        "1",
+        "--set",
+        "kl.mode=cyclical",
+        "--set",
+        "data.source=synthetic",
+        "--set",
+        f"data.root={data}",
+    )
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     proc = run_entrypoint("report", str(tmp_path / "sw"))
     assert proc.returncode == 0, proc.stderr
@@ -170,8 +209,16 @@ def test_runs_without_metrics_still_show_beside_ones_with(tmp_path):
 
 # -- settings over seeds ---------------------------------------------------------------------------
 
-TEST_PSNR = {("monotonic", 1): 22.0, ("monotonic", 2): 23.0, ("monotonic", 3): 24.0, ("cyclical", 1): 23.0,
-             ("cyclical", 2): 24.5, ("cyclical", 3): 25.0, ("cyclical", 4): 25.5, ("none", 1): 21.0}  # fmt: skip
+TEST_PSNR = {
+    ("monotonic", 1): 22.0,
+    ("monotonic", 2): 23.0,
+    ("monotonic", 3): 24.0,
+    ("cyclical", 1): 23.0,
+    ("cyclical", 2): 24.5,
+    ("cyclical", 3): 25.0,
+    ("cyclical", 4): 25.5,
+    ("none", 1): 21.0,
+}
 
 
 @pytest.fixture
@@ -181,12 +228,19 @@ def seeds_dir(tmp_path):
     out = tmp_path / "seeds"
     trials = []
     for i, ((mode, seed), psnr) in enumerate(TEST_PSNR.items()):
-        evaluation = {"psnr": psnr, "psnr_ci95": 0.3, "kl": 2.0 + seed, "n_sequences": 256,
-                      "long_horizon": {"psnr": psnr - 3, "psnr_ci95": 0.4}, "media": {"gif": "x.gif"}}  # fmt: skip
+        evaluation = {
+            "psnr": psnr,
+            "psnr_ci95": 0.3,
+            "kl": 2.0 + seed,
+            "n_sequences": 256,
+            "long_horizon": {"psnr": psnr - 3, "psnr_ci95": 0.4},
+            "media": {"gif": "x.gif"},
+        }
         fake_run(out / f"run{i:05d}", 0.002, mode, [20.0, 20.0 + seed], evaluation, {"train.seed": seed})
         trials.append({"id": f"run{i:05d}", "params": {"kl.mode": mode, "train.seed": seed}, "state": "finished"})
-    trials.append({"id": "failed01", "params": {"kl.mode": "cyclical", "train.seed": 5}, "state": "failed",
-                   "error": "boom"})  # fmt: skip
+    trials.append(
+        {"id": "failed01", "params": {"kl.mode": "cyclical", "train.seed": 5}, "state": "failed", "error": "boom"}
+    )
     parameters = {"kl.mode": {"values": ["monotonic", "cyclical", "none"]}, "train.seed": {"values": [1, 2, 3, 4, 5]}}
     config = {"name": "seeds", "method": "grid", "parameters": parameters}
     (out / "sweep.json").write_text(json.dumps({"sweep_id": "swp2", "config": config, "trials": trials}))
@@ -223,12 +277,18 @@ def test_settings_hold_their_seeds_with_intervals_and_paired_differences(seeds_d
 
 def test_the_page_shows_settings_and_paired_differences(seeds_dir, tmp_path):
     text = write_report([seeds_dir], tmp_path / "report").read_text()
-    for expected in ("<h2>Settings over seeds</h2>", "<th class='ref'>kl.mode=monotonic (reference)</th>",
-                     "23.00 ± 2.48 <span class='n'>n=3</span>", "24.50 ± 1.72 <span class='n'>n=4</span>",
-                     "<td>21.00 <span class='n'>n=1</span></td>", "Paired differences against kl.mode=monotonic",
-                     "<td>+1.17 ± 0.72</td><td>3</td><td class='l better'>better</td>",
-                     "<td>-1.00</td><td>1</td><td class='l inconclusive'>inconclusive</td>",
-                     "<h2>Results</h2>", '<td class="l">run00006</td>'):  # fmt: skip
+    for expected in (
+        "<h2>Settings over seeds</h2>",
+        "<th class='ref'>kl.mode=monotonic (reference)</th>",
+        "23.00 ± 2.48 <span class='n'>n=3</span>",
+        "24.50 ± 1.72 <span class='n'>n=4</span>",
+        "<td>21.00 <span class='n'>n=1</span></td>",
+        "Paired differences against kl.mode=monotonic",
+        "<td>+1.17 ± 0.72</td><td>3</td><td class='l better'>better</td>",
+        "<td>-1.00</td><td>1</td><td class='l inconclusive'>inconclusive</td>",
+        "<h2>Results</h2>",
+        '<td class="l">run00006</td>',
+    ):
         assert expected in text, expected
     assert text.index("<h2>Results</h2>") < text.index("Settings over seeds")  # the per-run table stays first
 
@@ -272,8 +332,12 @@ def test_each_protocol_is_its_own_metric_and_the_run_table_prefers_the_projects(
 
 
 def test_lpips_and_fvd_columns_show_where_evaluated_and_lower_is_better(tmp_path):
-    scores = {("monotonic", 1): (0.125, 300.0), ("monotonic", 2): (0.25, 320.0),
-              ("cyclical", 1): (0.0625, 250.0), ("cyclical", 2): (0.1875, 270.0)}  # fmt: skip
+    scores = {
+        ("monotonic", 1): (0.125, 300.0),
+        ("monotonic", 2): (0.25, 320.0),
+        ("cyclical", 1): (0.0625, 250.0),
+        ("cyclical", 2): (0.1875, 270.0),
+    }
     for i, ((mode, seed), (lpips, fvd)) in enumerate(scores.items()):
         evaluation = {"psnr": 21.0, "lpips": lpips, "lpips_best_of_n": lpips / 2, "fvd": fvd}
         fake_run(tmp_path / "runs" / f"r{i}", 0.002, mode, [20.0], evaluation, {"train.seed": seed})

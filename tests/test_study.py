@@ -61,10 +61,12 @@ def test_learning_rate_matters_when_the_full_budget_interval_excludes_zero():
 
 
 def test_beta_range_marks_collapse_below_one_active_unit_and_renders_as_markdown():
-    rows = beta_range([
-        setting({"kl.beta_max": 1.0}, [20, 20, 20], active_units=[0, 0, 1], best_minus_mean=[0.0, 0.01, 0.0]),
-        setting({"kl.beta_max": 1e-5}, [21, 21, 21], active_units=[6, 7, 8], best_minus_mean=[1.0, 1.2, 1.1]),
-    ])  # fmt: skip
+    rows = beta_range(
+        [
+            setting({"kl.beta_max": 1.0}, [20, 20, 20], active_units=[0, 0, 1], best_minus_mean=[0.0, 0.01, 0.0]),
+            setting({"kl.beta_max": 1e-5}, [21, 21, 21], active_units=[6, 7, 8], best_minus_mean=[1.0, 1.2, 1.1]),
+        ]
+    )
     assert list(rows) == ["beta_max=1.0", "beta_max=1e-05"]
     assert rows["beta_max=1.0"]["collapsed"] and not rows["beta_max=1e-05"]["collapsed"]
     assert rows["beta_max=1e-05"]["best_minus_mean"]["mean"] == pytest.approx(1.1)
@@ -89,11 +91,20 @@ def test_a_study_runs_its_sweep_evaluates_every_trial_under_both_protocols_and_r
 
     root = Path(__file__).resolve().parent.parent
     monkeypatch.chdir(root)  # the YAML's program is entrypoints/train.py, as for wandb agent
-    parameters = {"config": {"value": "smoke"}, "train.seed": {"values": [1, 2]},
-                  "kl.beta_max": {"values": [1.0, 0.00001]}, "data.source": {"value": "synthetic"},
-                  "data.root": {"value": str(tmp_path / "data")}}  # fmt: skip
-    config = {"name": "study-beta", "program": "entrypoints/train.py", "method": "grid", "parameters": parameters,
-              "command": ["${env}", "${interpreter}", "${program}", "${args}"]}  # fmt: skip
+    parameters = {
+        "config": {"value": "smoke"},
+        "train.seed": {"values": [1, 2]},
+        "kl.beta_max": {"values": [1.0, 0.00001]},
+        "data.source": {"value": "synthetic"},
+        "data.root": {"value": str(tmp_path / "data")},
+    }
+    config = {
+        "name": "study-beta",
+        "program": "entrypoints/train.py",
+        "method": "grid",
+        "parameters": parameters,
+        "command": ["${env}", "${interpreter}", "${program}", "${args}"],
+    }
     (tmp_path / "study-beta.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     out = tmp_path / "study"
     environ = dict(os.environ)  # wandb.init in this process (the evaluations) exports its service's address:

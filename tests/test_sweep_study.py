@@ -58,13 +58,22 @@ def test_trials_of_one_setting_share_a_wandb_group_named_after_it(tmp_path):
 def test_the_group_is_set_for_a_linked_sweep_too():
     config = sweep_config("p.py", {"optim.lr": {"values": [0.001, 0.002]}, "train.seed": {"values": [1, 2]}})
     params = {"optim.lr": 0.001, "train.seed": 2}
-    env = trial_env(config, "ent/proj/swp9", "run1", Path("c.yaml"), params=params, linked=True, threads=1,
-                    environ={"WANDB_RUN_GROUP": "old", "CUDA_VISIBLE_DEVICES": "0,1"})  # fmt: skip
+    env = trial_env(
+        config,
+        "ent/proj/swp9",
+        "run1",
+        Path("c.yaml"),
+        params=params,
+        linked=True,
+        threads=1,
+        environ={"WANDB_RUN_GROUP": "old", "CUDA_VISIBLE_DEVICES": "0,1"},
+    )
     assert env["WANDB_SWEEP_ID"] == "swp9" and env["WANDB_RUN_GROUP"] == "swp9:optim.lr=0.001"
     assert env["WANDB_JOB_TYPE"] == "seeds-demo" and env["WANDB_ENTITY"] == "ent"
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1"  # no GPU given: the runner's own setting is left alone
-    unlinked = trial_env(config, "loc1", "run1", Path("c.yaml"), params=params, linked=False, threads=1, gpu="1",
-                         environ={})  # fmt: skip
+    unlinked = trial_env(
+        config, "loc1", "run1", Path("c.yaml"), params=params, linked=False, threads=1, gpu="1", environ={}
+    )
     assert "WANDB_SWEEP_ID" not in unlinked and unlinked["WANDB_RUN_GROUP"] == "loc1:optim.lr=0.001"
     assert unlinked["CUDA_VISIBLE_DEVICES"] == "1"
 
@@ -133,8 +142,9 @@ def test_parallel_trials_get_their_own_gpu_and_reuse_a_freed_one(tmp_path):
     """Trial 1 ends first while trial 2 still runs: trial 3 gets trial 1's GPU, never trial 2's."""
     config = sweep_config(program(tmp_path, SLEEPER), {"sleep": {"values": [0.2, 6, 0]}})
     said = []
-    record = SweepRunner(config, tmp_path / "sw", parallel=2, threads=1, gpus=["3", "5"], poll=0.05,
-                         say=said.append).run()  # fmt: skip
+    record = SweepRunner(
+        config, tmp_path / "sw", parallel=2, threads=1, gpus=["3", "5"], poll=0.05, say=said.append
+    ).run()
     trials = record["trials"]
     assert [t["params"]["sleep"] for t in trials] == [0.2, 6, 0] and {t["state"] for t in trials} == {"finished"}
     seen = [json.loads((tmp_path / "sw" / t["id"] / "env.json").read_text())["gpu"] for t in trials]

@@ -38,9 +38,12 @@ StepKind = Literal["project", "reference"]
 BRANCH_NAMES = {True: "teacher_forced", False: "free_running"}
 """The two graphs a run steps through: the decoder batched over time, or fed its own predictions."""
 
-VARIANT_KEYS = {"step": ("project", "reference"), "precision": ("auto", *AMP_DTYPES),
-                "channels_last": ("true", "false"),
-                "compile": ("off", "auto", "default", "reduce-overhead", "true", "false")}  # fmt: skip
+VARIANT_KEYS = {
+    "step": ("project", "reference"),
+    "precision": ("auto", *AMP_DTYPES),
+    "channels_last": ("true", "false"),
+    "compile": ("off", "auto", "default", "reduce-overhead", "true", "false"),
+}
 """What ``--variant`` may set, and to what."""
 
 

@@ -63,10 +63,12 @@ def step_batches(
     if root is None:
         gen = torch.Generator().manual_seed(0)
         return [
-            (torch.randint(0, 256, (batch, seq_len, *FRAME_SHAPE), dtype=torch.uint8, generator=gen),
-             torch.randn(batch, seq_len, COND_DIM, generator=gen)[..., CONDITIONS[conditions]])
+            (
+                torch.randint(0, 256, (batch, seq_len, *FRAME_SHAPE), dtype=torch.uint8, generator=gen),
+                torch.randn(batch, seq_len, COND_DIM, generator=gen)[..., CONDITIONS[conditions]],
+            )
             for _ in range(count)
-        ]  # fmt: skip
+        ]
     stream = train_batches(open_split(root, "train", seq_len=seq_len, conditions=conditions), batch, seed=0)
     try:
         return [next(stream) for _ in range(count)]

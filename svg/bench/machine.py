@@ -80,8 +80,11 @@ def mfu(flop_per_s: float, device: str, gpu: str | None, precision: str) -> dict
     for parts, label, half, tf32 in GPU_PEAKS:
         if all(p in name for p in parts):
             peak, kind = (half, "bf16/fp16") if precision in ("bf16", "fp16") else (tf32, "TF32")
-            return {"mfu": flop_per_s / peak, "mfu_peak_flop_per_s": peak,
-                    "mfu_basis": f"{label} dense {kind} peak {peak / 1e12:.1f} TFLOP/s (NVIDIA datasheet)"}  # fmt: skip
+            return {
+                "mfu": flop_per_s / peak,
+                "mfu_peak_flop_per_s": peak,
+                "mfu_basis": f"{label} dense {kind} peak {peak / 1e12:.1f} TFLOP/s (NVIDIA datasheet)",
+            }
     return {"mfu": None, "mfu_reason": f"no dense peak known for {gpu!r}"}
 
 

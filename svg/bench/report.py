@@ -74,10 +74,13 @@ class Options:
 
     def check(self) -> None:
         """Raise SvgError naming the first option out of range or the first bad variant."""
-        for name, value, minimum in (("--steps", self.steps, 1), ("--warmup", self.warmup, 1),
-                                     ("--eval-batches", self.eval_batches, 0),
-                                     ("--loader-batches", self.loader_batches, 0),
-                                     ("--loader-workers", self.loader_workers, 0)):  # fmt: skip
+        for name, value, minimum in (
+            ("--steps", self.steps, 1),
+            ("--warmup", self.warmup, 1),
+            ("--eval-batches", self.eval_batches, 0),
+            ("--loader-batches", self.loader_batches, 0),
+            ("--loader-workers", self.loader_workers, 0),
+        ):
             if value < minimum:
                 raise SvgError(f"{name}: must be >= {minimum}, got {value}")
         for spec in self.variants:
@@ -312,11 +315,15 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if "validation" in report:
         v = report["validation"]
         in_steps = ", ".join(f"{k:.0f} {name} steps" for name, k in v["in_steps"].items())
-        lines.append(f"validate  {v['time_s']:.2f} s for {v['sequences']} sequences x {v['samples']} samples, "
-                     f"batches of {v['batch_size']} (= {in_steps})")  # fmt: skip
+        lines.append(
+            f"validate  {v['time_s']:.2f} s for {v['sequences']} sequences x {v['samples']} samples, "
+            f"batches of {v['batch_size']} (= {in_steps})"
+        )
         for name, run in report["projection"].items():
-            lines.append(f"run       {s['epochs']} x {s['iters_per_epoch']} steps, {name} step: {_hours(run['run_h'])} "
-                         f"({run['epoch_s']:.1f} s per epoch, {run['training_share']:.0%} of it stepping)")  # fmt: skip
+            lines.append(
+                f"run       {s['epochs']} x {s['iters_per_epoch']} steps, {name} step: {_hours(run['run_h'])} "
+                f"({run['epoch_s']:.1f} s per epoch, {run['training_share']:.0%} of it stepping)"
+            )
     loader = report.get("loader")
     if loader and loader["cache"] and loader["png"]:
         lines.append(

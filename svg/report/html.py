@@ -207,14 +207,23 @@ def _table(runs: list[Run], keys: list[str]) -> str:
     for run in runs:
         final, base = run.last("val/psnr"), run.last("val/psnr_copy_last")
         margin = final - base if is_number(final) and is_number(base) else None
-        cells = [f'<td class="l"><span class="sw" style="background:{run.color}"></span></td>',
-                 f'<td class="l">{html.escape(run.name)}</td>']  # fmt: skip
+        cells = [
+            f'<td class="l"><span class="sw" style="background:{run.color}"></span></td>',
+            f'<td class="l">{html.escape(run.name)}</td>',
+        ]
         if has_state:
             state = run.state or "–"
             cells.append(f'<td class="l state-{html.escape(state)}">{html.escape(state)}</td>')
         cells += [f'<td class="l">{html.escape(_fmt(run.config.get(k), 6))}</td>' for k in keys]
-        numbers = [run.best_psnr, final, base, margin, run.last("val/ssim"), run.last("kl/active_units"),
-                   run.last("epoch")]  # fmt: skip
+        numbers = [
+            run.best_psnr,
+            final,
+            base,
+            margin,
+            run.last("val/ssim"),
+            run.last("kl/active_units"),
+            run.last("epoch"),
+        ]
         cells += [f"<td>{_fmt(v, 3 if i == 4 else 2)}</td>" for i, v in enumerate(numbers)]
         if has_eval:
             ev = run.evaluation or {}

@@ -33,8 +33,9 @@ def plot_curves(runs: list[Run], out_dir: Path) -> list[tuple[str, Path, str]]:
         ax = fig.subplots()
         for run in plotted:
             x, y = run.series(key)
-            ax.plot(x, y, color=run.color, label=run.label, linewidth=1.6, marker="o" if len(x) < 30 else None,
-                    markersize=3)  # fmt: skip
+            ax.plot(
+                x, y, color=run.color, label=run.label, linewidth=1.6, marker="o" if len(x) < 30 else None, markersize=3
+            )
             if key == "val/psnr":
                 bx, by = run.series("val/psnr_copy_last")
                 ax.plot(bx, by, color=run.color, linestyle="--", linewidth=1, alpha=0.6)

@@ -168,9 +168,15 @@ class SweepRunner:
         trial.attempts += 1
         trial.gpu = pick_gpu(self.gpus, [live.trial.gpu for live in self.live.values()])
         env = trial_env(
-            self.config, self.sweep_id, trial.id, param_path, params=trial.params, linked=self.linked,
-            threads=self.threads, gpu=trial.gpu,
-        )  # fmt: skip
+            self.config,
+            self.sweep_id,
+            trial.id,
+            param_path,
+            params=trial.params,
+            linked=self.linked,
+            threads=self.threads,
+            gpu=trial.gpu,
+        )
         log = open(run_dir / "output.log", "a")  # closed when the trial ends (_reap)
         proc = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
