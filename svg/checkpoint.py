@@ -18,7 +18,7 @@ import torch
 from pydantic import ValidationError
 
 from svg.config import Experiment
-from svg.errors import SvgError
+from svg.errors import SvgError, first_line, validation_line
 from svg.models import SVG
 
 
@@ -106,8 +106,7 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - turned into a one-line error naming the file
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SvgError(f"checkpoint {path}: unreadable or unsafe ({reason})") from None
+        raise SvgError(f"checkpoint {path}: unreadable or unsafe ({first_line(e)})") from None
 
 
 def load_latest(ckpt_dir: Path) -> dict | None:
@@ -183,15 +182,12 @@ def load_model(path: Path, weights: str = "auto") -> tuple[SVG, Experiment, dict
     try:
         exp = Experiment.model_validate(state["config"])
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise SvgError(f"checkpoint {path}: its config is invalid ({where}: {first['msg']})") from None
+        raise SvgError(f"checkpoint {path}: its config is invalid ({validation_line(e)})") from None
     if model_weights(state, weights) == "ema" and "ema" not in state:
         raise SvgError(f"checkpoint {path}: has no moving average of the weights (its run had no train.ema_decay)")
     model = SVG.for_experiment(exp)
     try:
         model.load_state_dict(state[{"ema": "ema", "trained": "model"}[model_weights(state, weights)]])
     except (RuntimeError, TypeError) as e:
-        reason = str(e).splitlines()[0]
-        raise SvgError(f"checkpoint {path}: weights do not match its model config ({reason})") from None
+        raise SvgError(f"checkpoint {path}: weights do not match its model config ({first_line(e)})") from None
     return model, exp, state

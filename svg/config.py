@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from svg.data.course import SEQ_LEN
-from svg.errors import SvgError
+from svg.errors import SvgError, first_line, validation_line
 from svg.values import dotted
 
 
@@ -249,7 +249,7 @@ def _read_yaml(source: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"--config: {source} is not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"--config: {source} is not valid YAML ({first_line(e)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config: {source} must hold a mapping of sections")
     return data
@@ -277,17 +277,6 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[field] = value
 
 
-def _one_line(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        return f"{where}: unknown setting"
-    got = first.get("input")
-    suffix = f" (got {got!r})" if where and not isinstance(got, dict) else ""
-    return f"{where}: {msg}{suffix}" if where else msg
-
-
 def load_experiment(config: str | None = None, overrides: dict[str, Any] | None = None) -> Experiment:
     """Build an Experiment from a preset name or YAML path plus dotted overrides; ConfigError if invalid.
 
@@ -305,7 +294,7 @@ def load_experiment(config: str | None = None, overrides: dict[str, Any] | None 
     try:
         return Experiment.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_one_line(e)) from None
+        raise ConfigError(validation_line(e)) from None
 
 
 def to_yaml(exp: Experiment) -> str:

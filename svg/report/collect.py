@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from svg.errors import SvgError
+from svg.errors import SvgError, first_line
 from svg.sweeps.spec import SWEEP_FILE
 from svg.tracking import METRICS_FILE, read_metrics
 from svg.values import dotted, is_number
@@ -91,7 +91,7 @@ def read_run(path: Path, name: str | None = None) -> Run:
         try:
             run.config = dotted(yaml.safe_load(config_path.read_text()) or {})
         except yaml.YAMLError as e:
-            raise ReportError(f"{config_path}: not valid YAML ({str(e).splitlines()[0]})") from None
+            raise ReportError(f"{config_path}: not valid YAML ({first_line(e)})") from None
     run.records = read_metrics(path / METRICS_FILE)
     gifs = sorted((path / "media").glob("epoch*.gif"))
     run.gif = gifs[-1] if gifs else None

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from svg.config import Experiment, flat
-from svg.errors import SvgError
+from svg.errors import SvgError, first_line
 from svg.sweeps.agent import DEFAULT_COMMAND
 from svg.sweeps.engine import schema_violations, suggest
 
@@ -50,7 +50,7 @@ def load_sweep(path: str | Path, fixed: dict[str, Any] | None = None) -> dict:
     except OSError as e:
         raise SweepError(f"{path}: cannot read ({e.strerror or e})") from None
     except yaml.YAMLError as e:
-        raise SweepError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise SweepError(f"{path}: not valid YAML ({first_line(e)})") from None
     if not isinstance(config, dict):
         raise SweepError(f"{path}: a sweep YAML is a mapping (method, metric, parameters, program, command)")
     if fixed:
@@ -86,7 +86,7 @@ def check_sweep(config: dict, where: str = "sweep") -> None:
     try:
         suggest(config, [])
     except (ValueError, KeyError, AssertionError) as e:
-        raise SweepError(f"{where}: {str(e).splitlines()[0]}") from None
+        raise SweepError(f"{where}: {first_line(e)}") from None
 
 
 def check_parameter_names(names: Any, where: str = "sweep") -> None:
