@@ -25,7 +25,7 @@ from svg.metrics import copy_last, psnr_per_frame, ssim_per_frame
 from svg.models import SVG
 from svg.perceptual import Lpips
 from svg.runtime import Runtime
-from svg.step import forward, to_model_layout
+from svg.step import to_model_layout
 from svg.values import plain
 
 MEDIA_SEQUENCES = 4
@@ -251,8 +251,8 @@ def _latent_use(
     steps, batch = x.shape[0] - 1, x.shape[1]
     zero = torch.zeros(steps, batch, model.z_dim, device=x.device)
     noise = torch.randn(steps, batch, model.z_dim, device=x.device, generator=gen)
-    _, posterior = forward(model, x, c, n_past, True, zero, 0.0, rt)
     with rt.autocast():
+        posterior = model.training_step(x, c, n_past, True, zero)
         prior = model.training_step(x, c, n_past, True, noise, from_prior=True)
 
     def per_sequence_mse(pred: torch.Tensor) -> torch.Tensor:

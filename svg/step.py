@@ -85,43 +85,43 @@ class StepFigures:
     """False when the loss was not finite and the update was skipped."""
 
 
-def forward(
-    module: Callable[..., StepResult],
-    x: torch.Tensor,
-    c: torch.Tensor,
-    n_past: int,
-    teacher_forcing: bool,
-    eps: torch.Tensor,
-    beta: float | torch.Tensor,
-    rt: Runtime,
-    free_bits: float = 0.0,
-) -> tuple[torch.Tensor, StepResult]:
-    """The objective of one batch, summed over predicted steps, and the step's terms: mse + beta * KL,
-    where each latent dimension's KL per step counts at least ``free_bits`` nats (no gradient pushes a
-    dimension below that: using it is free)."""
-    with rt.autocast():
-        res = module(x, c, n_past, teacher_forcing, eps)
+@dataclass(frozen=True)
+class StepInput:
+    """What one training step takes: a loader batch, its reparameterization noise, and what the schedules
+    set for this step. ``n_past`` and ``teacher_forcing`` choose the branch (a compiled step has one graph
+    for each); ``beta`` is a number or a 0-d tensor on the device."""
+
+    frames: torch.Tensor
+    """(B, T, H, W, 3) uint8, as the loader gives them."""
+    cond: torch.Tensor
+    """(B, T, C) conditions."""
+    eps: torch.Tensor
+    """(T-1, B, z_dim) noise for the posterior's samples."""
+    n_past: int
+    teacher_forcing: bool
+    beta: float | torch.Tensor
+
+
+def sequence_loss(res: StepResult, beta: float | torch.Tensor, free_bits: float = 0.0) -> torch.Tensor:
+    """The objective of one batch, summed over predicted steps: reconstruction + beta * KL, where each latent
+    dimension's KL per step counts at least ``free_bits`` nats (no gradient pushes a dimension below that:
+    using it is free)."""
     kl = res.kl_step_dim.clamp_min(free_bits).sum() if free_bits > 0 else res.kld
-    return res.nll + beta * kl, res
+    return res.nll + beta * kl
 
 
-def objective(
-    parts: Parts,
-    x: torch.Tensor,
-    c: torch.Tensor,
-    n_past: int,
-    teacher_forcing: bool,
-    eps: torch.Tensor,
-    beta: float | torch.Tensor,
-) -> tuple[torch.Tensor, StepFigures]:
-    """The loss to differentiate and the step's figures (detached, taken before the backward): the part
-    of the step that ``CompiledStep`` compiles."""
+def objective(parts: Parts, inp: StepInput) -> tuple[torch.Tensor, StepFigures]:
+    """The loss to differentiate and the step's figures (detached, taken before the backward), from the batch
+    put into the model's layout: the part of the step that ``CompiledStep`` compiles."""
     parts.model.train()
-    loss, res = forward(parts.forward, x, c, n_past, teacher_forcing, eps, beta, parts.rt, parts.free_bits)
+    x, c = to_model_layout(inp.frames, inp.cond, parts.rt)
+    with parts.rt.autocast():
+        res = parts.forward(x, c, inp.n_past, inp.teacher_forcing, inp.eps)
+    total = sequence_loss(res, inp.beta, parts.free_bits)
     n = res.steps
-    detached = loss.detach().float()
-    return loss, StepFigures(
-        detached / n, res.mse.detach() / n, res.kld.detach() / n, res.kld_per_dim, torch.isfinite(loss)
+    detached = total.detach().float()
+    return total, StepFigures(
+        detached / n, res.mse.detach() / n, res.kld.detach() / n, res.kld_per_dim, torch.isfinite(total)
     )
 
 
@@ -160,21 +160,12 @@ def _restore_unless(finite: torch.Tensor, current: list[torch.Tensor], saved: li
             now.copy_(torch.where(finite, now, before))
 
 
-def train_step(
-    parts: Parts,
-    x: torch.Tensor,
-    c: torch.Tensor,
-    n_past: int,
-    teacher_forcing: bool,
-    eps: torch.Tensor,
-    beta: float | torch.Tensor,
-) -> StepFigures:
-    """One optimizer step on a batch already in the model's layout (``to_model_layout``); ``beta`` a
-    number or a 0-d tensor on the device."""
+def train_step(parts: Parts, inp: StepInput) -> StepFigures:
+    """One optimizer step, op by op: the eager step."""
     parts.optimizer.zero_grad(set_to_none=True)
     statistics = parts.snapshot_statistics()
-    loss, fig = objective(parts, x, c, n_past, teacher_forcing, eps, beta)
-    update(parts, loss, fig, statistics)
+    total, fig = objective(parts, inp)
+    update(parts, total, fig, statistics)
     return fig
 
 
@@ -191,18 +182,8 @@ def resolve_compile(mode: str, rt: Runtime) -> str:
     return "reduce-overhead" if rt.device.type == "cuda" and rt.world_size == 1 else "default"
 
 
-Step = Callable[[torch.Tensor, torch.Tensor, int, bool, torch.Tensor, float], StepFigures]
-"""(frames, cond, n_past, teacher_forcing, eps, beta) -> figures, from loader batches."""
-
-
-def eager_step(parts: Parts) -> Step:
-    """The step op by op: layout conversion, then ``train_step``."""
-
-    def step(frames, cond, n_past, teacher_forcing, eps, beta) -> StepFigures:
-        x, c = to_model_layout(frames, cond, parts.rt)
-        return train_step(parts, x, c, n_past, teacher_forcing, eps, beta)
-
-    return step
+Step = Callable[[StepInput], StepFigures]
+"""A training step: ``train_step`` bound to its parts, or a ``CompiledStep``."""
 
 
 @functools.cache
@@ -249,9 +230,8 @@ class CompiledStep:
             self._objective = torch.compile(self._body, mode=None if mode == "default" else mode, dynamic=False)
         self._beta = self._buffer("beta", (), torch.float32)
 
-    def _body(self, frames, cond, eps, beta, n_past: int, teacher_forcing: bool):
-        x, c = to_model_layout(frames, cond, self.parts.rt)
-        return objective(self.parts, x, c, n_past, teacher_forcing, eps, beta)
+    def _body(self, inp: StepInput) -> tuple[torch.Tensor, StepFigures]:
+        return objective(self.parts, inp)
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """This step's device buffer ``name`` of that shape and dtype, at an address the graphs keep."""
@@ -262,27 +242,28 @@ class CompiledStep:
             self._buffers[name] = buf
         return buf
 
-    def __call__(self, frames, cond, n_past, teacher_forcing, eps, beta) -> StepFigures:
+    def __call__(self, inp: StepInput) -> StepFigures:
         self.parts.optimizer.zero_grad(set_to_none=True)  # before the graphs: no gradient of theirs is held
         if self.graphs:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs were read: reuse them
             frames, cond, eps = (
                 self._buffer(name, v.shape, v.dtype).copy_(v, non_blocking=True)  # pinned batches: asynchronous
-                for name, v in (("frames", frames), ("cond", cond), ("eps", eps))
+                for name, v in (("frames", inp.frames), ("cond", inp.cond), ("eps", inp.eps))
             )
-        beta_t = self._beta.fill_(float(beta))  # a kernel argument: no copy from the host
+            inp = dataclasses.replace(inp, frames=frames, cond=cond, eps=eps)
+        inp = dataclasses.replace(inp, beta=self._beta.fill_(float(inp.beta)))  # a kernel argument, not a constant
         statistics = self.parts.snapshot_statistics()
-        branch = (n_past, bool(teacher_forcing))
+        branch = (inp.n_past, bool(inp.teacher_forcing))
         if branch in self._compiled_branches or self.mode == "off":
-            loss, fig = self._objective(frames, cond, eps, beta_t, *branch)
+            total, fig = self._objective(inp)
         else:  # this branch's first call compiles it; nothing has run when compiling fails
             try:
-                loss, fig = self._objective(frames, cond, eps, beta_t, *branch)
+                total, fig = self._objective(inp)
             except Exception as e:  # noqa: BLE001 - any compiler failure: the eager step computes the same
                 self._fall_back(e)
-                loss, fig = self._objective(frames, cond, eps, beta_t, *branch)
+                total, fig = self._objective(inp)
             self._compiled_branches.add(branch)
-        update(self.parts, loss, fig, statistics)
+        update(self.parts, total, fig, statistics)
         return fig
 
     def _fall_back(self, error: Exception) -> None:
@@ -315,7 +296,7 @@ def compile_counts() -> CompileCounts:
 def make_step(parts: Parts, compile_mode: str = "off") -> Step:
     """The trainer's and the bench's step for ``train.compile``: eager, or compiled (``CompiledStep``)."""
     mode = resolve_compile(compile_mode, parts.rt)
-    return eager_step(parts) if mode == "off" else CompiledStep(parts, mode)
+    return functools.partial(train_step, parts) if mode == "off" else CompiledStep(parts, mode)
 
 
 class Sums:

@@ -32,7 +32,7 @@ from svg.media import write_gif, write_strip
 from svg.models import SVG
 from svg.runtime import setup_runtime
 from svg.schedules import beta, epoch_progress, learning_rate, teacher_forcing_ratio
-from svg.step import CompiledStep, Divergence, Parts, Sums, compile_counts, make_optimizer, make_step
+from svg.step import CompiledStep, Divergence, Parts, StepInput, Sums, compile_counts, make_optimizer, make_step
 from svg.tracking import METRICS_FILE, Tracker
 
 
@@ -215,7 +215,7 @@ class Trainer:
                 frames, cond, batch = frames[:, : self.seq_len], cond[:, : self.seq_len], frames.shape[0]
                 teacher_forcing = bool(torch.rand((), generator=self.tf_gen) < tfr)  # a Python bool: one graph each
                 eps = torch.randn(self.seq_len - 1, batch, exp.model.z_dim, device=rt.device)
-                fig = self.step(frames, cond, cfg.n_past, teacher_forcing, eps, b)
+                fig = self.step(StepInput(frames, cond, eps, cfg.n_past, teacher_forcing, b))
                 if self.ema is not None:
                     self.ema.update_parameters(self.model)
                 for sums in (self.window, self.epoch_sums):

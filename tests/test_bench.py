@@ -16,7 +16,7 @@ from svg.bench.machine import cpu_peak_flops, mfu, peak_memory
 from svg.config import load_experiment
 from svg.models import SVG
 from svg.runtime import Runtime
-from svg.step import Parts, make_optimizer, to_model_layout, train_step
+from svg.step import Parts, StepInput, make_optimizer, train_step
 
 TOP_KEYS = {
     "preset",
@@ -238,18 +238,18 @@ def _one_step(lr: float, grad_clip: float | None):
 def test_project_arm_steps_exactly_as_the_trainers_step(one_thread):
     exp, initial, rt, frames, cond, eps = _one_step(lr=1e-3, grad_clip=0.05)
     arm = make_arm("project", initial, Setting("project", "fp32"), rt, exp.optim)
-    loss = arm.step(frames, cond, eps, 2, True, exp.kl.beta_max)
+    inp = StepInput(frames, cond, eps, 2, True, exp.kl.beta_max)
+    loss = arm.step(inp)
 
     model = copy.deepcopy(initial)
     parts = Parts(model, make_optimizer(model, exp.optim), rt, exp.optim.grad_clip)
-    x, c = to_model_layout(frames, cond, rt)
-    figures = train_step(parts, x, c, 2, True, eps, exp.kl.beta_max)
+    figures = train_step(parts, inp)
 
     assert loss == pytest.approx(figures.loss.item(), rel=1e-6)
     assert _same_weights(arm.model, model) and not _same_weights(arm.model, initial)
     # the config's lr reaches the arm: the seed's fixed Adam lr (2e-3) would have moved the weights elsewhere
     other = make_arm("project", initial, Setting("project", "fp32"), rt, _one_step(2e-3, None)[0].optim)
-    other.step(frames, cond, eps, 2, True, exp.kl.beta_max)
+    other.step(inp)
     assert not _same_weights(other.model, arm.model)
 
 
@@ -258,11 +258,10 @@ def test_reference_arm_differs_only_in_how_the_sequence_runs():
     project = make_arm("project", initial, Setting("project", "fp32"), rt, exp.optim)
     reference = make_arm("reference", initial, REFERENCE, rt, exp.optim)
     assert reference.parts.rt.amp_dtype is None and not reference.model.channels_last
-    losses = [arm.step(frames, cond, eps, 2, True, exp.kl.beta_max) for arm in (project, reference)]
+    inp = StepInput(frames, cond, eps, 2, True, exp.kl.beta_max)
+    losses = [arm.step(inp) for arm in (project, reference)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
-    assert count_flops(lambda: reference.step(frames, cond, eps, 2, True, 1e-4)) > count_flops(
-        lambda: project.step(frames, cond, eps, 2, True, 1e-4)
-    )
+    assert count_flops(lambda: reference.step(inp)) > count_flops(lambda: project.step(inp))
 
 
 def test_arms_alternate_so_drift_hits_both():

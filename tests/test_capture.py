@@ -14,7 +14,7 @@ from svg.config import Model, Optim, Train, load_experiment
 from svg.errors import SvgError
 from svg.models import SVG
 from svg.runtime import Runtime, resolve_channels_last, resolve_precision
-from svg.step import CompiledStep, Parts, _warn_once, make_optimizer, make_step, to_model_layout, train_step
+from svg.step import CompiledStep, Parts, StepInput, _warn_once, make_optimizer, make_step
 
 CPU = Runtime(torch.device("cpu"), None, channels_last=False)
 
@@ -55,17 +55,6 @@ def test_cuda_auto_precision_is_fp32_and_channels_last_only_helps_eager_autocast
         assert resolve_channels_last(Train(channels_last=True, compile=compile_mode), cpu, "fp32") is True
 
 
-def test_the_eager_step_is_the_train_step(one_thread):
-    frames, cond, eps = batch()
-    models = [tiny("fixed") for _ in range(2)]
-    parts = [Parts(m, make_optimizer(m, Optim()), CPU) for m in models]
-    via_make = make_step(parts[0], "off")(frames, cond, 2, False, eps[0], 1e-3)
-    x, c = to_model_layout(frames, cond, CPU)
-    direct = train_step(parts[1], x, c, 2, False, eps[0], 1e-3)
-    assert via_make.loss.item() == direct.loss.item()
-    assert all(torch.equal(p, q) for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True))
-
-
 def test_reduce_overhead_runs_as_default_on_a_cpu_with_one_warning():
     model = tiny()
     parts = Parts(model, make_optimizer(model, Optim()), CPU)
@@ -102,12 +91,12 @@ def test_auto_compiles_on_a_cpu_and_a_failing_compiler_falls_back_to_the_eager_s
     step = make_step(parts[0], "auto")
     assert isinstance(step, CompiledStep) and step.mode == "default"
     with pytest.warns(UserWarning, match=r"train.compile=default failed \(RuntimeError: InvalidCxxCompiler"):
-        fig = step(frames, cond, 2, True, eps[0], 1e-3)
+        fig = step(StepInput(frames, cond, eps[0], 2, True, 1e-3))
     assert step.mode == "off"
-    eager = make_step(parts[1], "off")(frames, cond, 2, True, eps[0], 1e-3)
+    eager = make_step(parts[1], "off")(StepInput(frames, cond, eps[0], 2, True, 1e-3))
     assert fig.loss.item() == eager.loss.item()
     assert all(torch.equal(p, q) for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True))
-    step(frames, cond, 2, False, eps[1], 1e-3)  # the other branch steps eagerly too
+    step(StepInput(frames, cond, eps[1], 2, False, 1e-3))  # the other branch steps eagerly too
 
 
 @pytest.fixture
@@ -147,11 +136,11 @@ def test_compiled_step_trains_as_the_eager_step(float64, teacher_forcing, device
             step = make_step(parts, mode)
         losses, states = [], []
         for i in range(3):
-            losses.append(step(frames, cond, 2, teacher_forcing, eps[i], 1e-4 * (i + 1)).loss.item())
+            losses.append(step(StepInput(frames, cond, eps[i], 2, teacher_forcing, 1e-4 * (i + 1))).loss.item())
             states.append([t.detach().clone() for t in (*model.parameters(), *model.buffers())])
         states.append([s["exp_avg_sq"].clone() for s in parts.optimizer.state.values()])
         before = [p.detach().clone() for p in model.parameters()]
-        skipped = step(frames, cond, 2, teacher_forcing, torch.full_like(eps[3], float("nan")), 1e-4)
+        skipped = step(StepInput(frames, cond, torch.full_like(eps[3], float("nan")), 2, teacher_forcing, 1e-4))
         assert not skipped.finite.item()
         assert all(torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))
         runs[mode] = losses, states

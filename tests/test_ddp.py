@@ -198,7 +198,7 @@ def _nan_on_one_rank(rank: int, world_size: int, port: int, results: str) -> Non
     from svg.config import Model, Optim
     from svg.models import SVG
     from svg.runtime import Runtime
-    from svg.step import Parts, make_optimizer, make_step
+    from svg.step import Parts, StepInput, make_optimizer, make_step
 
     torch.manual_seed(0)
     model = SVG(Model(encoder="dcgan64", channels=8, g_dim=16, z_dim=4, rnn_size=16, prior="learned"))
@@ -215,9 +215,8 @@ def _nan_on_one_rank(rank: int, world_size: int, port: int, results: str) -> Non
         g = torch.Generator().manual_seed(rank)
         frames = torch.randint(0, 256, (3, 6, 64, 64, 3), dtype=torch.uint8, generator=g)
         eps = torch.randn(5, 3, 4, generator=g)
-        fig = make_step(parts, "off")(
-            frames, torch.randn(3, 6, 7, generator=g), 2, True, eps * (float("nan") if rank else 1.0), 1e-4
-        )
+        cond, eps = torch.randn(3, 6, 7, generator=g), eps * (float("nan") if rank else 1.0)
+        fig = make_step(parts, "off")(StepInput(frames, cond, eps, 2, True, 1e-4))
         unchanged = all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
         torch.save({"finite": bool(fig.finite), "unchanged": unchanged}, Path(results) / f"rank{rank}-clip{clip}.pt")
     dist.destroy_process_group()

@@ -239,23 +239,21 @@ def test_learned_prior_sees_the_condition_of_the_step_it_predicts():
 
 
 def test_free_bits_clamp_the_objective_per_dimension_not_the_reported_kl():
-    from svg.runtime import Runtime
-    from svg.step import forward
+    from svg.step import sequence_loss
 
     torch.manual_seed(0)
     model = small_model("dcgan64")
     x, c, eps = torch.rand(4, 2, 3, 64, 64), torch.randn(4, 2, 7), torch.zeros(3, 2, 4)
-    rt = Runtime(torch.device("cpu"), None)
-    plain_loss, res = forward(model, x, c, 2, True, eps, 0.5, rt)
+    res = model.training_step(x, c, 2, True, eps)
+    plain_loss = sequence_loss(res, 0.5)
     floor = res.kl_step_dim.detach().max().item() + 1.0  # above every dimension's KL: all clamped
-    loss, res_fb = forward(model, x, c, 2, True, eps, 0.5, rt, free_bits=floor)
-    torch.testing.assert_close(res_fb.kld, res.kld)  # the logged KL is the true one
+    loss = sequence_loss(res, 0.5, free_bits=floor)
     expected = res.mse + 0.5 * floor * res.kl_step_dim.numel()
     torch.testing.assert_close(loss, expected)
     loss.backward()  # the clamped KL passes no gradient: what is left is the reconstruction's
     clamped = model.posterior.mu.weight.grad.clone()
     model.zero_grad()
-    forward(model, x, c, 2, True, eps, 0.0, rt)[0].backward()
+    sequence_loss(model.training_step(x, c, 2, True, eps), 0.0).backward()
     torch.testing.assert_close(clamped, model.posterior.mu.weight.grad)
     torch.testing.assert_close(plain_loss, res.mse + 0.5 * res.kld)
 

@@ -290,25 +290,28 @@ def test_a_skipped_step_leaves_the_batchnorm_statistics_as_they_were(teacher_for
     from svg.config import load_experiment
     from svg.models import SVG
     from svg.runtime import Runtime
-    from svg.step import Parts, make_optimizer, train_step
+    from svg.step import Parts, StepInput, make_optimizer, to_model_layout, train_step
 
     torch.manual_seed(0)
     exp = load_experiment("smoke")
     model = SVG.for_experiment(exp)
-    parts = Parts(model, make_optimizer(model, exp.optim), Runtime(torch.device("cpu"), None))
-    x, c = torch.rand(6, 4, 3, 64, 64), torch.randn(6, 4, 7)
+    rt = Runtime(torch.device("cpu"), None)
+    parts = Parts(model, make_optimizer(model, exp.optim), rt)
+    frames, cond = torch.randint(0, 256, (4, 6, 64, 64, 3), dtype=torch.uint8), torch.randn(4, 6, 7)
     eps = torch.randn(5, 4, exp.model.z_dim)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     bad = eps.clone()
     bad[3, 1, 0] = float("nan")
-    fig = train_step(parts, x, c, 2, teacher_forcing, bad, 1e-4)
+    fig = train_step(parts, StepInput(frames, cond, bad, 2, teacher_forcing, 1e-4))
     assert not fig.finite
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)
     model.eval()
-    assert torch.isfinite(model.predict(x, c, 2)).all()
+    assert torch.isfinite(model.predict(*to_model_layout(frames, cond, rt), 2)).all()
     model.train()
-    assert train_step(parts, x, c, 2, teacher_forcing, eps, 1e-4).finite  # a good step moves them again
+    assert train_step(
+        parts, StepInput(frames, cond, eps, 2, teacher_forcing, 1e-4)
+    ).finite  # a good step moves them again
     moved = [k for k, v in model.state_dict().items() if "running_mean" in k and not torch.equal(v, before[k])]
     assert len(moved) == sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 

@@ -96,7 +96,7 @@ def test_compiled_step_on_cpu_matches_the_eager_step():
     """train.compile with channels_last: the path that crashed inductor on CUDA, run here on the CPU."""
     from svg.config import Optim, Train
     from svg.runtime import setup_runtime
-    from svg.step import Parts, make_optimizer, make_step
+    from svg.step import Parts, StepInput, make_optimizer, make_step
 
     torch.manual_seed(0)
     rt = setup_runtime(Train(device="cpu", precision="fp32", channels_last=True, compile="default"))
@@ -111,5 +111,5 @@ def test_compiled_step_on_cpu_matches_the_eager_step():
         )
         model.channels_last = True
         step = make_step(Parts(model, make_optimizer(model, Optim()), rt), mode)
-        losses.append([step(frames, cond, 2, True, eps, 1e-4).loss.item() for _ in range(3)])
+        losses.append([step(StepInput(frames, cond, eps, 2, True, 1e-4)).loss.item() for _ in range(3)])
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)

@@ -28,7 +28,7 @@ from svg.evaluation import evaluate
 from svg.models import SVG
 from svg.models.reference import reference_step
 from svg.runtime import AMP_DTYPES, Runtime
-from svg.step import CompiledStep, Parts, Step, eager_step, make_optimizer, make_step
+from svg.step import CompiledStep, Parts, Step, StepInput, make_optimizer, make_step
 
 SEED_EPOCH_SEQUENCES = 600 * 12
 """One epoch of the seed's setup: 600 iterations of batch 12."""
@@ -86,19 +86,11 @@ class Arm:
     def model(self) -> SVG:
         return self.parts.model
 
-    def step(
-        self,
-        frames: torch.Tensor,
-        cond: torch.Tensor,
-        eps: torch.Tensor,
-        n_past: int,
-        teacher_forcing: bool,
-        beta: float,
-    ) -> float:
+    def step(self, inp: StepInput) -> float:
         """One training step as the trainer runs it, from loader batches; returns the loss, whose reading
         waits for the whole step (the optimizer's kernels were queued before it)."""
-        self.runner = self.runner or eager_step(self.parts)
-        return self.runner(frames, cond, n_past, teacher_forcing, eps, beta).loss.item()
+        self.runner = self.runner or make_step(self.parts, "off")
+        return self.runner(inp).loss.item()
 
     def compile_step(self) -> None:
         """From now on step as ``train.compile`` does: ``svg.step.make_step`` with this arm's mode."""

@@ -36,7 +36,7 @@ from svg.errors import SvgError
 from svg.models import SVG
 from svg.runtime import Runtime, setup_runtime
 from svg.schedules import teacher_forced_share
-from svg.step import compile_counts
+from svg.step import StepInput, compile_counts
 
 
 @dataclass
@@ -143,7 +143,7 @@ def run(
 
     def step(i: int, arm: Arm, tf: bool) -> float:
         frames, cond = data[i % len(data)]
-        return arm.step(frames, cond, noise[i % len(noise)], n_past, tf, beta)
+        return arm.step(StepInput(frames, cond, noise[i % len(noise)], n_past, tf, beta))
 
     counted: dict[tuple[str, bool], int] = {}
     for arm in arms:  # eager, before any compilation: FLOPs depend neither on kernels nor on layout
