@@ -349,13 +349,12 @@ def summarize(ev: Evaluation, frames: int) -> dict:
     return plain(out, digits=6)  # six decimals: far below any real difference, and the JSON stays readable
 
 
-def validation_figures(summary: dict, best_psnr: float) -> dict:
+def validation_figures(summary: dict) -> dict:
     """What a validation logs (``val/…``): PSNR over every predicted frame beside copy-last, and how
     the latent is used; with several samples also best-of-N, its paired gain and the samples' spread."""
     s = summary
     record = {
         "val/psnr": s["psnr"],
-        "val/psnr_best": best_psnr,
         "val/ssim": s["ssim"],
         "val/psnr_copy_last": s["copy_last_psnr"],
         "val/psnr_per_frame": [round(v, 4) for v in s["psnr_per_frame"]],

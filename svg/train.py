@@ -30,7 +30,7 @@ from svg.evaluation import MEDIA_SAMPLES, MEDIA_SEQUENCES, evaluate, summarize, 
 from svg.losses import active_units
 from svg.media import write_gif, write_strip
 from svg.models import SVG
-from svg.runtime import setup_runtime
+from svg.runtime import Runtime, setup_runtime
 from svg.schedules import beta, epoch_progress, learning_rate, teacher_forcing_ratio
 from svg.step import CompiledStep, Divergence, Parts, StepInput, Sums, compile_counts, make_optimizer, make_step
 from svg.tracking import METRICS_FILE, Tracker
@@ -45,32 +45,112 @@ def holds_run(out: Path) -> bool:
     return (out / "config.yaml").exists() or (out / METRICS_FILE).exists() or any(out.glob("checkpoints/*.pt"))
 
 
+class TrainingState:
+    """Where a run stands, apart from its weights and optimizer: iteration, best validation PSNR, validations
+    done, training wall time, the running sums, the divergence counts, every rank's random streams and the W&B
+    run id. ``state_dict`` and ``load_state_dict`` are the one list of what a checkpoint keeps of it.
+
+    Under DDP ``state_dict`` is a collective (every rank's random streams are gathered to every rank) and
+    each rank continues its own streams on resume; resumed on another number of ranks, rank 0 takes the
+    saved rank 0's and every other rank seeds its own from the run's seed, its rank and the iteration, so
+    that no two ranks draw the same noise."""
+
+    def __init__(self, seed: int, z_dim: int, rt: Runtime):
+        self.seed, self.rt = seed, rt
+        self.iteration, self.best_psnr, self.validations = 0, -math.inf, 0
+        self.elapsed_before, self._clock = 0.0, time.perf_counter()  # training time of earlier processes
+        self.window, self.epoch_sums = Sums(z_dim, rt.device), Sums(z_dim, rt.device)
+        self.divergence = Divergence(rt.device)
+        self.wandb_id: str | None = None
+        torch.manual_seed(seed + rt.rank)
+        random.seed(seed)
+        np.random.seed(seed)
+        self.tf_gen = torch.Generator().manual_seed(seed)  # one coin for all ranks: one branch, no waiting
+
+    def start_clock(self) -> None:
+        self._clock = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds this run has spent in its training loop (validation included), over every resume."""
+        return self.elapsed_before + time.perf_counter() - self._clock
+
+    def state_dict(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "best_psnr": self.best_psnr,
+            "validations": self.validations,
+            "elapsed_s": self.elapsed(),
+            "window": self.window.state(),
+            "epoch_sums": self.epoch_sums.state(),
+            "divergence": self.divergence.counts.cpu(),
+            "rng": self._random_streams(),
+            "wandb_id": self.wandb_id,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration, self.best_psnr = state["iteration"], state["best_psnr"]
+        self.validations = state["validations"]
+        self.elapsed_before = state.get("elapsed_s", 0.0)  # absent in checkpoints older than the figure
+        self.window.load(state["window"])
+        self.epoch_sums.load(state["epoch_sums"])
+        self.divergence.counts.copy_(state["divergence"])
+        self.wandb_id = state["wandb_id"]
+        streams = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        rank = self.rt.rank
+        if len(streams) == self.rt.world_size:
+            set_rng_state(streams[rank], self.tf_gen)
+            return
+        set_rng_state(streams[0], self.tf_gen)
+        if rank:
+            torch.manual_seed(self.seed + rank + 1_000_003 * self.iteration)  # the CUDA generators too
+
+    def _random_streams(self) -> list[dict]:
+        mine = rng_state(self.tf_gen)
+        if self.rt.world_size == 1:
+            return [mine]
+        streams: list = [None] * self.rt.world_size
+        dist.all_gather_object(streams, mine)
+        return streams
+
+
 class Trainer:
     def __init__(self, exp: Experiment, out: Path, resume: str | None = None):
         self.exp, self.out = exp, out
-        cfg = exp.train
-        self.rt = rt = setup_runtime(cfg)
+        self.rt = setup_runtime(exp.train)
         self.ckpt_dir, self.media_dir = out / "checkpoints", out / "media"
-        state = self._resume_state(resume)
-        if rt.main and resume is None and holds_run(out):
+        saved = self._resume_state(resume)
+        if self.rt.main and resume is None and holds_run(out):
             raise SvgError(f"--out: {out} already holds a run; continue it with --resume auto or choose another --out")
+        self.state = TrainingState(exp.train.seed, exp.model.z_dim, self.rt)
+        self._open_data()
+        if self.rt.main:
+            _make_run_folder(out, exp)
+        self._build_model()
+        if saved is not None:
+            self._load(saved)
+        self.step = make_step(self.parts, exp.train.compile)  # eager, compiled, or replayed as CUDA graphs
+        self.writer = CheckpointWriter()
+        self.tracker = Tracker(exp, out, run_id=self.state.wandb_id, enabled=self.rt.main)
+        self.state.wandb_id = self.tracker.run_id
+        if self.rt.main and resume is not None:
+            self.tracker.truncate_after("iter", self.state.iteration)  # what a killed run logged after its checkpoint
+        self.stop_signal: int | None = None
 
-        torch.manual_seed(cfg.seed + rt.rank)
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        self.tf_gen = torch.Generator().manual_seed(cfg.seed)  # one coin for all ranks: one branch, no waiting
-
-        data = exp.data
-        if data.source == "synthetic" and rt.main:
+    def _open_data(self) -> None:
+        """The training and validation splits (the embedded set generated first where the config says so)."""
+        data, cfg = self.exp.data, self.exp.train
+        if data.source == "synthetic" and self.rt.main:
             ensure_synthetic(data.root, data.n_train, data.n_val, data.n_test, seed=0, progress=True)
-        if rt.world_size > 1:
+        if self.rt.world_size > 1:
             dist.barrier()
         self.seq_len = cfg.n_past + cfg.n_future
         self.train_set = open_split(data.root, "train", self.seq_len, data.skip_bad, data.conditions)
         self.val_set = open_split(data.root, "validate", cfg.n_eval, data.skip_bad, data.conditions)
-        if rt.main:
-            _make_run_folder(out, exp)
 
+    def _build_model(self) -> None:
+        """The model in the runtime's layout, what a step updates (DDP-wrapped under several processes) and the
+        moving average of its weights."""
+        exp, rt = self.exp, self.rt
         self.model = SVG.for_experiment(exp).to(rt.device)
         if rt.channels_last:
             self.model.channels_last = True
@@ -79,47 +159,23 @@ class Trainer:
         if rt.world_size > 1:
             ids = [rt.device.index] if rt.device.type == "cuda" else None
             forward = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.parts = Parts(
-            self.model,
-            make_optimizer(self.model, exp.optim),
-            rt,
-            exp.optim.grad_clip,
-            forward,
-            free_bits=exp.kl.free_bits,
-        )
+        optimizer = make_optimizer(self.model, exp.optim)
+        self.parts = Parts(self.model, optimizer, rt, exp.optim.grad_clip, forward, free_bits=exp.kl.free_bits)
+        decay = exp.train.ema_decay
         self.ema = (
             None
-            if cfg.ema_decay is None
-            else AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+            if decay is None
+            else AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
         )
-        self.iteration, self.best_psnr, self.validations = 0, -math.inf, 0
-        self.elapsed_s, self._clock = 0.0, time.perf_counter()  # training wall time, summed over resumes
-        self.window, self.epoch_sums = Sums(exp.model.z_dim, rt.device), Sums(exp.model.z_dim, rt.device)
-        self.divergence = Divergence(rt.device)
 
-        run_id = None
-        if state is not None:
-            self.model.load_state_dict(state["model"])
-            if self.ema is not None:
-                self.ema.module.load_state_dict(state["ema"])
-                self.ema.n_averaged.fill_(state["ema_steps"])
-            self.parts.optimizer.load_state_dict(state["optimizer"])
-            self.parts.scaler.load_state_dict(state["scaler"])
-            self.iteration, self.best_psnr = state["iteration"], state["best_psnr"]
-            self.validations = state["validations"]
-            self.elapsed_s = state.get("elapsed_s", 0.0)  # absent in checkpoints older than the figure
-            self.window.load(state["window"])
-            self.epoch_sums.load(state["epoch_sums"])
-            self.divergence.counts.copy_(state["divergence"])
-            self._restore_random_streams(state["rng"])
-            run_id = state["wandb_id"]
-        self.step = make_step(self.parts, cfg.compile)  # eager, compiled, or replayed as CUDA graphs
-        self.writer = CheckpointWriter()
-
-        self.tracker = Tracker(exp, out, run_id=run_id, enabled=rt.main)
-        if rt.main and resume is not None:
-            self.tracker.truncate_after("iter", self.iteration)  # what a killed run logged after its checkpoint
-        self.stop_signal: int | None = None
+    def _load(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(saved["ema"])
+            self.ema.n_averaged.fill_(saved["ema_steps"])
+        self.parts.optimizer.load_state_dict(saved["optimizer"])
+        self.parts.scaler.load_state_dict(saved["scaler"])
+        self.state.load_state_dict(saved)
 
     def _resume_state(self, resume: str | None) -> dict | None:
         if resume is None:
@@ -136,58 +192,29 @@ class Trainer:
             )
         return state
 
-    def _restore_random_streams(self, saved: dict | list[dict]) -> None:
-        """Each rank continues its own random streams (checkpoints hold one per rank). Resumed on another
-        number of ranks, rank 0 takes the saved rank 0's and every other rank seeds its own from the run's
-        seed, its rank and the iteration, so that no two ranks draw the same noise."""
-        streams = saved if isinstance(saved, list) else [saved]
-        rank = self.rt.rank
-        if len(streams) == self.rt.world_size:
-            set_rng_state(streams[rank], self.tf_gen)
-            return
-        set_rng_state(streams[0], self.tf_gen)
-        if rank:
-            seed = self.exp.train.seed + rank + 1_000_003 * self.iteration
-            torch.manual_seed(seed)  # the CUDA generators too
-
-    def _random_streams(self) -> list[dict]:
-        """Every rank's random streams, gathered to every rank (a collective: all ranks call it together)."""
-        mine = rng_state(self.tf_gen)
-        if self.rt.world_size == 1:
-            return [mine]
-        streams: list = [None] * self.rt.world_size
-        dist.all_gather_object(streams, mine)
-        return streams
-
     def checkpoint(self, *names: str) -> None:
         """Save the run's state as checkpoints/<name>.pt for each name (default: last), written in the
         background (``CheckpointWriter``) by rank 0; last.pt keeps its predecessor as last.prev.pt. Under DDP
         every rank calls it at the same iteration: the checkpoint keeps each rank's random streams."""
-        streams = self._random_streams()
+        progress = self.state.state_dict()  # a collective under DDP: every rank calls it
         if not self.rt.main:
             return
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.parts.optimizer.state_dict(),
             "scaler": self.parts.scaler.state_dict(),
-            "iteration": self.iteration,
-            "best_psnr": self.best_psnr,
-            "validations": self.validations,
-            "elapsed_s": self.elapsed(),
-            "window": self.window.state(),
-            "epoch_sums": self.epoch_sums.state(),
-            "divergence": self.divergence.counts.cpu(),
-            "rng": streams,
             **({} if self.ema is None else {"ema": self.ema.module.state_dict(), "ema_steps": self.ema.n_averaged}),
             "config": self.exp.model_dump(mode="json"),
-            "wandb_id": self.tracker.run_id,
+            **progress,
         }
         names = names or ("last",)
         self.writer.save(state, [(self.ckpt_dir / f"{name}.pt", name == "last") for name in names])
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict:
-        exp, cfg, rt = self.exp, self.exp.train, self.rt
+        """Train to the last epoch's end (or to a signal: a checkpoint, then ``Interrupted``); returns the last
+        epoch's record."""
+        exp, cfg, rt, state = self.exp, self.exp.train, self.rt, self.state
         total = cfg.epochs * cfg.iters_per_epoch
         batches = train_batches(
             self.train_set,
@@ -196,46 +223,46 @@ class Trainer:
             num_workers=exp.data.num_workers,
             rank=rt.rank,
             world_size=rt.world_size,
-            start_batch=self.iteration,
+            start_batch=state.iteration,
         )
         if rt.device.type == "cuda":  # the next batch loads, pinned, while the step runs
             batches = Prefetcher(batches, pin=True)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        bar = tqdm(total=total, initial=self.iteration, disable=not rt.main, unit="it", dynamic_ncols=True)
+        bar = tqdm(total=total, initial=state.iteration, disable=not rt.main, unit="it", dynamic_ncols=True)
         result: dict = {}
-        window_start, window_iter = time.perf_counter(), self.iteration
-        self._clock = time.perf_counter()
+        window_start, window_iter = time.perf_counter(), state.iteration
+        state.start_clock()
         try:
-            while self.iteration < total:
-                progress = epoch_progress(self.iteration, cfg)
+            while state.iteration < total:
+                progress = epoch_progress(state.iteration, cfg)
                 b, tfr = beta(progress, cfg.epochs, exp.kl), teacher_forcing_ratio(progress, cfg.epochs, exp.tfr)
                 for group in self.parts.optimizer.param_groups:
-                    group["lr"] = learning_rate(self.iteration, total, exp.optim)
+                    group["lr"] = learning_rate(state.iteration, total, exp.optim)
                 frames, cond = next(batches)
                 frames, cond, batch = frames[:, : self.seq_len], cond[:, : self.seq_len], frames.shape[0]
-                teacher_forcing = bool(torch.rand((), generator=self.tf_gen) < tfr)  # a Python bool: one graph each
+                teacher_forcing = bool(torch.rand((), generator=state.tf_gen) < tfr)  # a Python bool: one graph each
                 eps = torch.randn(self.seq_len - 1, batch, exp.model.z_dim, device=rt.device)
                 fig = self.step(StepInput(frames, cond, eps, cfg.n_past, teacher_forcing, b))
                 if self.ema is not None:
                     self.ema.update_parameters(self.model)
-                for sums in (self.window, self.epoch_sums):
+                for sums in (state.window, state.epoch_sums):
                     sums.add(fig, teacher_forcing)
-                self.divergence.add(fig.finite)
-                self.iteration += 1
+                state.divergence.add(fig.finite)
+                state.iteration += 1
                 bar.update()
-                if self.iteration % cfg.log_every == 0 or self.iteration % cfg.iters_per_epoch == 0:
-                    seqs = (self.iteration - window_iter) * batch * rt.world_size
+                if state.iteration % cfg.log_every == 0 or state.iteration % cfg.iters_per_epoch == 0:
+                    seqs = (state.iteration - window_iter) * batch * rt.world_size
                     window_start = self._log_window(int(progress), b, tfr, seqs, window_start, bar)
-                    window_iter = self.iteration
-                if self.iteration % cfg.iters_per_epoch == 0:
+                    window_iter = state.iteration
+                if state.iteration % cfg.iters_per_epoch == 0:
                     result = self._end_epoch(int(progress), b, tfr)
                     window_start = time.perf_counter()  # the training rate leaves validation out
-                elif self.iteration % cfg.checkpoint_every == 0:
+                elif state.iteration % cfg.checkpoint_every == 0:
                     self.checkpoint()
                 if self._stop_agreed():
                     self.checkpoint()
                     raise Interrupted(
-                        f"stopped by signal {self.stop_signal or 'on another rank'} at iteration {self.iteration}"
+                        f"stopped by signal {self.stop_signal or 'on another rank'} at iteration {state.iteration}"
                     )
         finally:
             batches.close()
@@ -248,10 +275,6 @@ class Trainer:
             self.tracker.finish()
         return result
 
-    def elapsed(self) -> float:
-        """Seconds this run has spent in its training loop (validation included), over every resume."""
-        return self.elapsed_s + time.perf_counter() - self._clock
-
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signum
 
@@ -260,7 +283,7 @@ class Trainer:
         they agree every ``train.log_every`` iterations, where the loop waits for the device anyway."""
         if self.rt.world_size == 1:
             return self.stop_signal is not None
-        if self.iteration % self.exp.train.log_every:
+        if self.state.iteration % self.exp.train.log_every:
             return False
         flag = torch.tensor([int(self.stop_signal is not None)], device=self.rt.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -270,19 +293,20 @@ class Trainer:
         """Read the window's figures (the loop's only host sync), stop a diverged run, log. The window's
         rate is ``seqs`` over the time from ``started`` to the end of the sync, so that it counts the wait
         for the device; returns that moment, the next window's start."""
-        skipped, longest = self.divergence.read()
+        state = self.state
+        skipped, longest = state.divergence.read()
         now = time.perf_counter()
         seq_per_s = seqs / (now - started)
         if longest >= self.exp.train.max_bad_steps:
             raise TrainingStopped(
-                f"training diverged: {longest} non-finite losses in a row before iteration {self.iteration}; "
+                f"training diverged: {longest} non-finite losses in a row before iteration {state.iteration}; "
                 f"last good checkpoint: {self.ckpt_dir / 'last.pt'} (try a lower optim.lr)"
             )
-        means = self.window.read()
+        means = state.window.read()
         if not self.rt.main:
             return now
         lr = self.parts.optimizer.param_groups[0]["lr"]
-        record = {"iter": self.iteration, "epoch": epoch, "train/skipped_steps": skipped, "beta": b, "tfr": tfr}
+        record = {"iter": state.iteration, "epoch": epoch, "train/skipped_steps": skipped, "beta": b, "tfr": tfr}
         record["lr"] = lr
         if means is not None:
             record.update({f"train/{k}": v for k, v in means.items() if k != "kl_per_dim"})
@@ -291,39 +315,24 @@ class Trainer:
         self.tracker.log(record)
         return now
 
-    # -- the end of an epoch -------------------------------------------------------------------
+    # -- the end of an epoch: validate, record, log, save --------------------------------------
     def _end_epoch(self, epoch: int, b: float, tfr: float) -> dict:
-        cfg = self.exp.train
-        record: dict = {
-            "epoch": epoch + 1,
-            "iter": self.iteration,
-            "beta": b,
-            "tfr": tfr,
-            "lr": self.parts.optimizer.param_groups[0]["lr"],
-        }
-        means = self.epoch_sums.read()
-        if means is not None:
-            record.update({f"epoch/{k}": means[k] for k in ("loss", "mse", "kld")})
-            record["kl/active_units"] = active_units(torch.tensor(means["kl_per_dim"]))
-            record["kl/per_dim"] = [round(v, 6) for v in means["kl_per_dim"]]
+        cfg, state = self.exp.train, self.state
+        record = self._epoch_record(epoch, b, tfr)
         last = epoch + 1 == cfg.epochs
         media: dict = {}
         improved = False
         if self.rt.main and ((epoch + 1) % cfg.val_every == 0 or last):
-            improved = self._validate(record)
-            if self.validations % cfg.media_every == 1 or cfg.media_every == 1 or last:
+            figures = self._validate()
+            improved = figures["val/psnr"] > state.best_psnr
+            state.best_psnr = max(state.best_psnr, figures["val/psnr"])
+            record.update(figures, **{"val/psnr_best": state.best_psnr})
+            if state.validations % cfg.media_every == 1 or cfg.media_every == 1 or last:
                 media = self._media(f"epoch{epoch + 1:04d}")
-            gain = record.get("val/best_minus_mean")
-            tqdm.write(
-                f"epoch {epoch + 1}/{cfg.epochs}  val psnr {record['val/psnr']:.2f} dB "
-                f"(copy-last {record['val/psnr_copy_last']:.2f}, best {self.best_psnr:.2f})  "
-                + (f"best-of-{cfg.val_samples} gain {gain:+.2f} dB  " if gain is not None else "")
-                + f"kl {record['val/kl']:.3g} nats/step, {record['val/active_units']} active units  "
-                f"beta {b:.3g}  tfr {tfr:.2f}"
-            )
+            tqdm.write(self._validation_line(record, epoch, b, tfr))
         if self.rt.world_size > 1:
             dist.barrier()
-        record["time/elapsed_s"] = round(self.elapsed(), 2)
+        record["time/elapsed_s"] = round(state.elapsed(), 2)
         if isinstance(self.step, CompiledStep):  # whether the compiled graphs, and CUDA graphs, ran as asked
             record.update({f"compile/{k}": v for k, v in dataclasses.asdict(compile_counts()).items()})
         if self.rt.main:
@@ -334,29 +343,51 @@ class Trainer:
             )
             self.tracker.log(record, curves=curves, **media)
         self.checkpoint(*(("last", "best") if improved else ("last",)))
-        if self.rt.main:
-            if "val/psnr" in record:
-                self.tracker.summary(
-                    {"val/psnr_final": record["val/psnr"], "val/psnr_copy_last": record["val/psnr_copy_last"]}
-                )
+        if self.rt.main and "val/psnr" in record:
+            self.tracker.summary(
+                {"val/psnr_final": record["val/psnr"], "val/psnr_copy_last": record["val/psnr_copy_last"]}
+            )
         return record
+
+    def _epoch_record(self, epoch: int, b: float, tfr: float) -> dict:
+        """The epoch's schedules and its training means (loss, MSE, KL, active units)."""
+        record: dict = {
+            "epoch": epoch + 1,
+            "iter": self.state.iteration,
+            "beta": b,
+            "tfr": tfr,
+            "lr": self.parts.optimizer.param_groups[0]["lr"],
+        }
+        means = self.state.epoch_sums.read()
+        if means is not None:
+            record.update({f"epoch/{k}": means[k] for k in ("loss", "mse", "kld")})
+            record["kl/active_units"] = active_units(torch.tensor(means["kl_per_dim"]))
+            record["kl/per_dim"] = [round(v, 6) for v in means["kl_per_dim"]]
+        return record
+
+    def _validation_line(self, record: dict, epoch: int, b: float, tfr: float) -> str:
+        gain = record.get("val/best_minus_mean")
+        cfg = self.exp.train
+        return (
+            f"epoch {epoch + 1}/{cfg.epochs}  val psnr {record['val/psnr']:.2f} dB "
+            f"(copy-last {record['val/psnr_copy_last']:.2f}, best {self.state.best_psnr:.2f})  "
+            + (f"best-of-{cfg.val_samples} gain {gain:+.2f} dB  " if gain is not None else "")
+            + f"kl {record['val/kl']:.3g} nats/step, {record['val/active_units']} active units  "
+            f"beta {b:.3g}  tfr {tfr:.2f}"
+        )
 
     @property
     def scored_model(self) -> SVG:
         """What validation, media and best.pt use: the weights' moving average when the run keeps one."""
         return self.model if self.ema is None else self.ema.module
 
-    def _validate(self, record: dict) -> bool:
-        """Score ``train.val_samples`` samples per validation sequence into ``record``; True when val PSNR improved."""
+    def _validate(self) -> dict:
+        """``train.val_samples`` samples per validation sequence, scored: the ``val/…`` figures."""
         cfg = self.exp.train
         batches = eval_batches(self.val_set, self.exp.val_batch_size, limit=cfg.val_sequences)
         ev = evaluate(self.scored_model, batches, cfg.n_past, cfg.val_samples, self.rt, cfg.seed, media_sequences=0)
-        sc = summarize(ev, frames=ev.psnr.shape[1])
-        self.validations += 1
-        improved = sc["psnr"] > self.best_psnr
-        self.best_psnr = max(self.best_psnr, sc["psnr"])
-        record.update(validation_figures(sc, self.best_psnr))
-        return improved
+        self.state.validations += 1
+        return validation_figures(summarize(ev, frames=ev.psnr.shape[1]))
 
     def _media(self, name: str) -> dict:
         """A GIF and a strip of ground truth, a sample and the best of several, for the first sequences."""

@@ -127,7 +127,7 @@ def _signal_on_one_rank(rank: int, world_size: int, port: int, data: str, out: s
         trainer.fit()
     except Interrupted:
         pass
-    torch.save({"iteration": trainer.iteration}, Path(results) / f"rank{rank}.pt")
+    torch.save({"iteration": trainer.state.iteration}, Path(results) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 

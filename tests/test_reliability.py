@@ -238,7 +238,7 @@ def test_the_moving_average_is_the_hand_computed_one_and_resumes_exactly(data_ro
 
     def stop_after_four(*args):
         fig = first(*args)
-        if stopped.iteration == 3:  # the step that makes iteration 4
+        if stopped.state.iteration == 3:  # the step that makes iteration 4
             stopped.stop_signal = signal.SIGTERM
         return fig
 

@@ -113,3 +113,24 @@ def test_compiled_step_on_cpu_matches_the_eager_step():
         step = make_step(Parts(model, make_optimizer(model, Optim()), rt), mode)
         losses.append([step(StepInput(frames, cond, eps, 2, True, 1e-4)).loss.item() for _ in range(3)])
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_the_training_state_comes_back_from_its_state_dict():
+    """Every figure of where a run stands, and its random streams, continue from a checkpoint's entries."""
+    from svg.runtime import Runtime
+    from svg.train import TrainingState
+
+    rt = Runtime(torch.device("cpu"), None)
+    saved_run = TrainingState(seed=3, z_dim=2, rt=rt)
+    saved_run.iteration, saved_run.best_psnr, saved_run.validations, saved_run.wandb_id = 7, 21.5, 2, "abc"
+    saved_run.divergence.counts += torch.tensor([4, 0, 2])
+    torch.rand(5, generator=saved_run.tf_gen)
+    saved = saved_run.state_dict()
+    coin, noise = torch.rand(3, generator=saved_run.tf_gen), torch.rand(3)
+
+    resumed = TrainingState(seed=99, z_dim=2, rt=rt)
+    resumed.load_state_dict(saved)
+    assert (resumed.iteration, resumed.best_psnr, resumed.validations, resumed.wandb_id) == (7, 21.5, 2, "abc")
+    assert resumed.divergence.counts.tolist() == [4, 0, 2]
+    assert torch.equal(torch.rand(3, generator=resumed.tf_gen), coin) and torch.equal(torch.rand(3), noise)
+    assert resumed.elapsed() >= saved["elapsed_s"] > 0
