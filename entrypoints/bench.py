@@ -111,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, option) is not None:
                 setattr(args, dotted, getattr(args, option))
         exp = experiment_from_args(args)  # bad config exits here, before torch is imported
-        from svg.bench import Options, run, summary_lines
+        from svg.bench import BenchOptions, run, summary_lines
         from svg.values import plain
 
-        opts = Options(
+        opts = BenchOptions(
             steps=args.steps,
             warmup=args.warmup,
             branches=BRANCHES[args.teacher_forcing],

@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def go() -> None:
-        from svg.evaluator import Options, default_output, evaluate_checkpoint, headline
+        from svg.scoring import EvaluationOptions, default_output, evaluate_checkpoint, headline
 
-        opts = Options(
+        opts = EvaluationOptions(
             split=args.split,
             protocol=args.protocol,
             data_root=args.data_root,

@@ -1,5 +1,5 @@
 """The training step: batch layout, forward, loss, backward, optimizer update. One function, used by
-the trainer, the bench and the evaluator's KL pass, so what is benchmarked is what trains.
+the trainer and the bench, so what is benchmarked is what trains.
 
 The step never waits for the host: its figures stay on the device (``StepFigures``, summed by
 ``Sums`` and ``Divergence``) until the caller reads them, and a non-finite loss skips the update on

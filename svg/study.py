@@ -30,8 +30,8 @@ from pathlib import Path
 from svg.report.collect import ReportError, collect, varied
 from svg.report.html import write_index, write_report
 from svg.report.plots import plot_settings
+from svg.report.settings import Setting, group, pick
 from svg.report.stats import Interval, mean_ci, paired_diff
-from svg.report.study import Setting, group, pick
 from svg.sweeps import SWEEP_FILE, SweepRunner, load_sweep
 
 STUDIES = ("annealing", "tfr", "lr", "beta")  # the seed report's three questions first, then the project's own
@@ -110,7 +110,7 @@ def run_study(
 
 def evaluate_trial(run_dir: Path, sequences: dict[str, int | None], say=print) -> None:
     """Both protocols on the trial's final checkpoint, unless already written for this very checkpoint."""
-    from svg.evaluator import Options, evaluate_checkpoint
+    from svg.scoring import EvaluationOptions, evaluate_checkpoint
 
     checkpoint = run_dir / "checkpoints" / "last.pt"
     for protocol in PROTOCOLS:
@@ -119,7 +119,7 @@ def evaluate_trial(run_dir: Path, sequences: dict[str, int | None], say=print) -
             continue
         limit = sequences.get(protocol)
         say(f"  evaluate {run_dir.name} ({protocol} protocol{f', {limit} sequences' if limit else ''})")
-        evaluate_checkpoint(checkpoint, path, Options(protocol=protocol, limit=limit, progress=False))
+        evaluate_checkpoint(checkpoint, path, EvaluationOptions(protocol=protocol, limit=limit, progress=False))
 
 
 def _settings(folder: Path) -> list[Setting]:

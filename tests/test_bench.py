@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import run_entrypoint
 
-from svg.bench.arms import REFERENCE, Setting, alternate, count_flops, make_arm
+from svg.bench.arms import REFERENCE, ArmSetting, alternate, count_flops, make_arm
 from svg.bench.loaders import step_batches
 from svg.bench.machine import cpu_peak_flops, mfu, peak_memory
 from svg.config import load_experiment
@@ -237,7 +237,7 @@ def _one_step(lr: float, grad_clip: float | None):
 
 def test_project_arm_steps_exactly_as_the_trainers_step(one_thread):
     exp, initial, rt, frames, cond, eps = _one_step(lr=1e-3, grad_clip=0.05)
-    arm = make_arm("project", initial, Setting("project", "fp32"), rt, exp.optim)
+    arm = make_arm("project", initial, ArmSetting("project", "fp32"), rt, exp.optim)
     inp = StepInput(frames, cond, eps, 2, True, exp.kl.beta_max)
     loss = arm.step(inp)
 
@@ -248,14 +248,14 @@ def test_project_arm_steps_exactly_as_the_trainers_step(one_thread):
     assert loss == pytest.approx(figures.loss.item(), rel=1e-6)
     assert _same_weights(arm.model, model) and not _same_weights(arm.model, initial)
     # the config's lr reaches the arm: the seed's fixed Adam lr (2e-3) would have moved the weights elsewhere
-    other = make_arm("project", initial, Setting("project", "fp32"), rt, _one_step(2e-3, None)[0].optim)
+    other = make_arm("project", initial, ArmSetting("project", "fp32"), rt, _one_step(2e-3, None)[0].optim)
     other.step(inp)
     assert not _same_weights(other.model, arm.model)
 
 
 def test_reference_arm_differs_only_in_how_the_sequence_runs():
     exp, initial, rt, frames, cond, eps = _one_step(lr=1e-3, grad_clip=None)
-    project = make_arm("project", initial, Setting("project", "fp32"), rt, exp.optim)
+    project = make_arm("project", initial, ArmSetting("project", "fp32"), rt, exp.optim)
     reference = make_arm("reference", initial, REFERENCE, rt, exp.optim)
     assert reference.parts.rt.amp_dtype is None and not reference.model.channels_last
     inp = StepInput(frames, cond, eps, 2, True, exp.kl.beta_max)

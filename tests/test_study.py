@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import wandb
 
-from svg.report.study import Setting
+from svg.report.settings import Setting
 from svg.study import annealing, beta_range, learning_rate, markdown, summary, teacher_forcing
 
 M, CL = "test/seed/psnr", "test/seed/copy_last_psnr"

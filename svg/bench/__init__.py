@@ -5,6 +5,6 @@ Every arm steps with ``svg.step.train_step``, the trainer's step, so what is tim
 (``run`` and the summary).
 """
 
-from svg.bench.report import Options, run, summary_lines
+from svg.bench.report import BenchOptions, run, summary_lines
 
-__all__ = ["Options", "run", "summary_lines"]
+__all__ = ["BenchOptions", "run", "summary_lines"]

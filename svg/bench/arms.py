@@ -144,7 +144,7 @@ class Arm:
 
 
 @dataclass(frozen=True)
-class Setting:
+class ArmSetting:
     """What an arm runs: the model's sequence or the seed's per-frame one, and the runtime settings."""
 
     step: StepKind = "project"
@@ -153,12 +153,12 @@ class Setting:
     compile: str = "off"
 
 
-REFERENCE = Setting("reference", "fp32", channels_last=False, compile="off")
+REFERENCE = ArmSetting("reference", "fp32", channels_last=False, compile="off")
 """The seed's step as the seed ran it: per frame, fp32, contiguous, eager. On CUDA its fp32 matmuls and
 convolutions run in TF32, as every fp32 step there does (``settings.tf32`` in the report)."""
 
 
-def make_arm(name: str, initial: SVG, setting: Setting, rt: Runtime, optim: Optim, free_bits: float = 0.0) -> Arm:
+def make_arm(name: str, initial: SVG, setting: ArmSetting, rt: Runtime, optim: Optim, free_bits: float = 0.0) -> Arm:
     """An arm on its own copy of ``initial``, with the optimizer, clipping and free bits the trainer would use."""
     model = copy.deepcopy(initial)
     if setting.channels_last:

@@ -21,7 +21,7 @@ from svg.bench.arms import (
     BRANCH_NAMES,
     REFERENCE,
     Arm,
-    Setting,
+    ArmSetting,
     alternate,
     bench_eval,
     bench_validation,
@@ -40,7 +40,7 @@ from svg.step import StepInput, compile_counts
 
 
 @dataclass
-class Options:
+class BenchOptions:
     steps: int = 5
     """Timed steps per arm."""
     warmup: int = 1
@@ -87,12 +87,12 @@ class Options:
             parse_variant(spec)
 
 
-def _arms(exp: Experiment, opts: Options, rt: Runtime) -> list[Arm]:
+def _arms(exp: Experiment, opts: BenchOptions, rt: Runtime) -> list[Arm]:
     """The project arm, the reference arm and the captured arm (if asked for), then one per variant, all
     from the same weights."""
     torch.manual_seed(exp.train.seed)
     initial = SVG.for_experiment(exp).to(rt.device)  # fp32, contiguous: every arm starts from a copy of these weights
-    project = Setting("project", rt.precision, rt.channels_last, exp.train.compile)
+    project = ArmSetting("project", rt.precision, rt.channels_last, exp.train.compile)
     settings = [("project", project)]
     if opts.reference:
         settings.append(("reference", REFERENCE))
@@ -109,7 +109,7 @@ def _arms(exp: Experiment, opts: Options, rt: Runtime) -> list[Arm]:
 
 
 def run(
-    exp: Experiment, opts: Options, preset: str = "", on_partial: Callable[[dict[str, Any]], None] | None = None
+    exp: Experiment, opts: BenchOptions, preset: str = "", on_partial: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
     """Measure and return the report (what ``entrypoints/bench.py`` writes as JSON). ``on_partial`` gets the
     report so far (``"partial": true``) once the steps are timed, before prediction, validation and loaders:

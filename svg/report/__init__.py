@@ -8,8 +8,8 @@ draws the figures, ``html`` writes the page.
 
 from svg.report.collect import ReportError, Run, collect, varied
 from svg.report.html import write_report
+from svg.report.settings import Study, study
 from svg.report.stats import Interval, mean_ci, paired_diff, verdict
-from svg.report.study import Study, study
 
 __all__ = [
     "Interval",

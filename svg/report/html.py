@@ -18,8 +18,8 @@ from typing import Any
 
 from svg.report.collect import Run, collect, varied
 from svg.report.plots import plot_curves
+from svg.report.settings import Study, study
 from svg.report.stats import Interval
-from svg.report.study import Study, study
 from svg.values import is_number
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]

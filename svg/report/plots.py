@@ -71,7 +71,7 @@ def plot_curves(runs: list[Run], out_dir: Path) -> list[tuple[str, Path, str]]:
 
 def plot_settings(settings: list, panels: list[tuple[str, str]], path: Path, title: str) -> Path:
     """One panel per (metric, axis label): each setting's mean over seeds with its 95% interval as an error bar
-    (``svg.report.study.Setting``), the seeds as dots; a seed-protocol PSNR panel also shows copy-last dashed."""
+    (``svg.report.settings.Setting``), the seeds as dots; a seed-protocol PSNR panel also shows copy-last dashed."""
     from matplotlib.figure import Figure
 
     from svg.report.stats import mean_ci

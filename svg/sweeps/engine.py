@@ -52,7 +52,7 @@ def schema_violations(config: dict) -> list[str]:
     return list(dict.fromkeys(violations))  # the engine reports some twice
 
 
-def summarize(records: list[dict]) -> dict[str, Any]:
+def summary_metrics(records: list[dict]) -> dict[str, Any]:
     """Last value of every scalar key, as a W&B run summary holds it."""
     summary: dict[str, Any] = {}
     for record in records:
@@ -69,7 +69,7 @@ def to_engine(trial, records: list[dict], metric: str | None):
         name=trial.id,
         state=ENGINE_STATE[trial.state],
         config={k: {"value": v} for k, v in trial.params.items()},
-        summaryMetrics=summarize(records),
+        summaryMetrics=summary_metrics(records),
         sampledHistory=history,
         stopped=trial.state == "stopped",
     )

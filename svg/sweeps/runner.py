@@ -19,7 +19,7 @@ from typing import Any
 
 from svg.errors import Interrupted
 from svg.sweeps.agent import new_id, trial_command, trial_env
-from svg.sweeps.engine import suggest, summarize, to_engine, to_stop
+from svg.sweeps.engine import suggest, summary_metrics, to_engine, to_stop
 from svg.sweeps.gpus import pick_gpu, visible_gpus
 from svg.sweeps.spec import SWEEP_FILE, SweepError
 from svg.sweeps.trials import Trial, last_line, now, still_running
@@ -214,7 +214,7 @@ class SweepRunner:
             del self.live[run_id]
             trial = live.trial
             trial.exit_code, trial.ended = code, now()
-            trial.summary = summarize(self.records(trial))
+            trial.summary = summary_metrics(self.records(trial))
             if self._stopping and code != 0:
                 trial.state = "running"  # interrupted with the sweep: resumable
                 continue

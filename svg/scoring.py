@@ -69,7 +69,7 @@ def headline(summary: dict) -> str:
 
 
 @dataclass
-class Options:
+class EvaluationOptions:
     """How ``evaluate_checkpoint`` runs; the evaluate CLI's flags."""
 
     split: str = "test"
@@ -110,7 +110,7 @@ def default_output(checkpoint: Path, split: str) -> Path:
     return run / "eval" / f"{split}-{checkpoint.stem}.json"
 
 
-def evaluate_checkpoint(checkpoint: Path, out: Path, opts: Options) -> dict:
+def evaluate_checkpoint(checkpoint: Path, out: Path, opts: EvaluationOptions) -> dict:
     """Evaluate a checkpoint on a split; write the results JSON, a GIF, a strip and a per-frame plot
     beside it, and log them to the checkpoint's W&B run (resumed by id; a new run if it has none)."""
     model, exp, state = load_model(checkpoint, opts.weights)
