@@ -174,12 +174,20 @@ COMPILE_MODES = ("off", "default", "reduce-overhead")
 
 
 def resolve_compile(mode: str, rt: Runtime) -> str:
-    """``train.compile=auto`` where it was measured faster: inductor kernels on a CPU (the light preset's
-    step 0.17 s against 0.28 s eager) and under DDP, CUDA graphs on one GPU (launch-bound: 0.017 s against
-    0.069 s eager on an H100). Any other mode is what it says."""
+    """``train.compile=auto`` where it was measured faster: inductor kernels on a CPU and under DDP, CUDA
+    graphs on one GPU (launch-bound: 0.017 s against 0.069 s eager on an H100). Any other mode is what it
+    says."""
     if mode != "auto":
         return mode
     return "reduce-overhead" if rt.device.type == "cuda" and rt.world_size == 1 else "default"
+
+
+def compiles_free_running(mode: str, rt: Runtime) -> bool:
+    """Whether ``train.compile`` compiles the free-running branch too. ``auto`` on one CPU process does not:
+    that graph unrolls the encoder and decoder over every predicted step, and compiling it from an empty
+    cache takes longer than it saves in a run whose free-running steps are a fifth of its steps (the
+    measurements are in docs/performance.md). A mode named explicitly compiles both branches."""
+    return not (mode == "auto" and rt.device.type == "cpu" and rt.world_size == 1)
 
 
 Step = Callable[[StepInput], StepFigures]
@@ -206,9 +214,10 @@ class CompiledStep:
 
     Where CUDA graphs cannot run (a CPU, several processes) ``reduce-overhead`` runs as ``default``,
     with a warning said once. Where torch.compile itself fails (no C++ compiler, an inductor error), the
-    step falls back to eager with a warning and the run goes on; ``mode`` says what ran."""
+    step falls back to eager with a warning and the run goes on; ``mode`` says what ran. With
+    ``free_running=False`` only the teacher-forced branch is compiled (``compiles_free_running``)."""
 
-    def __init__(self, parts: Parts, mode: str):
+    def __init__(self, parts: Parts, mode: str, free_running: bool = True):
         if mode not in COMPILE_MODES[1:]:
             raise ValueError(f"train.compile: {mode!r} is not a compiled mode ({', '.join(COMPILE_MODES[1:])})")
         rt = parts.rt
@@ -217,6 +226,7 @@ class CompiledStep:
             _warn_once(f"train.compile=reduce-overhead runs as default on {where}: no CUDA graphs")
             mode = "default"
         self.mode, self.graphs = mode, mode == "reduce-overhead"
+        self.eager_free_running = not free_running
         self._buffers: dict[str, torch.Tensor] = {}
         self._eager_parts, self._compiled_branches = parts, set()
         if rt.world_size > 1:
@@ -254,7 +264,9 @@ class CompiledStep:
         inp = dataclasses.replace(inp, beta=self._beta.fill_(float(inp.beta)))  # a kernel argument, not a constant
         statistics = self.parts.snapshot_statistics()
         branch = (inp.n_past, bool(inp.teacher_forcing))
-        if branch in self._compiled_branches or self.mode == "off":
+        if self.eager_free_running and not inp.teacher_forcing:
+            total, fig = self._body(inp)
+        elif branch in self._compiled_branches or self.mode == "off":
             total, fig = self._objective(inp)
         else:  # this branch's first call compiles it; nothing has run when compiling fails
             try:
@@ -296,7 +308,9 @@ def compile_counts() -> CompileCounts:
 def make_step(parts: Parts, compile_mode: str = "off") -> Step:
     """The trainer's and the bench's step for ``train.compile``: eager, or compiled (``CompiledStep``)."""
     mode = resolve_compile(compile_mode, parts.rt)
-    return functools.partial(train_step, parts) if mode == "off" else CompiledStep(parts, mode)
+    if mode == "off":
+        return functools.partial(train_step, parts)
+    return CompiledStep(parts, mode, free_running=compiles_free_running(compile_mode, parts.rt))
 
 
 class Sums:

@@ -99,6 +99,32 @@ def test_auto_compiles_on_a_cpu_and_a_failing_compiler_falls_back_to_the_eager_s
     step(StepInput(frames, cond, eps[1], 2, False, 1e-3))  # the other branch steps eagerly too
 
 
+def test_auto_on_one_cpu_process_compiles_the_teacher_forced_branch_only(monkeypatch):
+    """A free-running step under train.compile=auto on a CPU never reaches the compiler; the teacher-forced one
+    does, and a mode named explicitly compiles both."""
+    from svg.step import compiles_free_running
+
+    assert not compiles_free_running("auto", CPU) and compiles_free_running("default", CPU)
+    compiled_calls = []
+
+    def counting_compile(fn, **kwargs):
+        def compiled(*args, **kw):
+            compiled_calls.append(args[0].teacher_forcing)
+            return fn(*args, **kw)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    frames, cond, eps = batch()
+    for mode, expected in (("auto", [True]), ("default", [True, False])):
+        compiled_calls.clear()
+        model = tiny()
+        step = make_step(Parts(model, make_optimizer(model, Optim()), CPU), mode)
+        step(StepInput(frames, cond, eps[0], 2, True, 1e-3))
+        fig = step(StepInput(frames, cond, eps[1], 2, False, 1e-3))
+        assert compiled_calls == expected and bool(fig.finite), mode
+
+
 @pytest.fixture
 def float64():
     """float64 weights and batches: float32 rounding of gradients that are mathematically zero (the
