@@ -15,8 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from svg.cli import at_least, run_cli
-from svg.config import OneLineParser, add_experiment_arguments, experiment_from_args
+from svg.cli import OneLineParser, add_experiment_arguments, at_least, experiment_from_args, run_cli
 
 BRANCHES = {"both": (True, False), "on": (True,), "off": (False,)}
 """--teacher-forcing: the branches timed (True: teacher forced)."""

@@ -13,8 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from svg.cli import at_least, run_cli
-from svg.config import OneLineParser
+from svg.cli import OneLineParser, at_least, run_cli
 from svg.protocols import LPIPS_NETS, METRICS, PROTOCOLS
 
 
@@ -119,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
         out = args.out or default_output(args.checkpoint, args.split)
-        result = evaluate_checkpoint(args.checkpoint, out, opts)
-        print(f"{args.split}: {headline(result)}; results in {out}")
+        summary = evaluate_checkpoint(args.checkpoint, out, opts)
+        print(f"{args.split}: {headline(summary)}; results in {out}")
 
     return run_cli("evaluate.py", go)
 

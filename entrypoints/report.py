@@ -11,8 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from svg.cli import run_cli
-from svg.config import OneLineParser
+from svg.cli import OneLineParser, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:

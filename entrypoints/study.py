@@ -13,8 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from svg.cli import at_least, run_cli
-from svg.config import OneLineParser
+from svg.cli import OneLineParser, at_least, run_cli
 from svg.study import STUDIES
 
 

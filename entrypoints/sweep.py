@@ -11,8 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from svg.cli import at_least, run_cli
-from svg.config import OneLineParser
+from svg.cli import OneLineParser, at_least, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:

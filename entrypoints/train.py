@@ -11,8 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from svg.cli import run_cli
-from svg.config import OneLineParser, add_experiment_arguments, experiment_from_args
+from svg.cli import OneLineParser, add_experiment_arguments, experiment_from_args, run_cli
 
 
 def default_out(exp) -> Path:

@@ -6,7 +6,6 @@ command line or a W&B sweep agent. The resolved ``Experiment`` is saved with eve
 
 from __future__ import annotations
 
-import argparse
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -304,35 +303,3 @@ def to_yaml(exp: Experiment) -> str:
 def flat(exp: Experiment) -> dict[str, Any]:
     """Dotted view (``kl.mode``) used for W&B config, so sweep parameters and config keys coincide."""
     return dotted(exp.model_dump(mode="json"))
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad arguments in one line (exit 2), as every project error does."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: {message}\n")
-
-
-def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--section.field`` option per Experiment field, its help the field's description and default."""
-    parser.add_argument("--config", help=f"preset ({', '.join(PRESETS)}) or YAML file; overrides go on top")
-    for section_name, section_field in Experiment.model_fields.items():
-        group = parser.add_argument_group(section_name)
-        for name, field in section_field.annotation.model_fields.items():
-            default = field.default_factory() if field.default_factory else field.default
-            group.add_argument(
-                f"--{section_name}.{name}",
-                dest=f"{section_name}.{name}",
-                metavar="V",
-                default=argparse.SUPPRESS,
-                help=f"{field.description} (default: {default})",
-            )
-
-
-def experiment_from_args(args: argparse.Namespace) -> Experiment:
-    overrides = {k: v for k, v in vars(args).items() if "." in k}
-    return load_experiment(args.config, overrides)

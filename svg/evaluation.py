@@ -12,6 +12,7 @@ one sample and every predicted frame averaged.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -286,87 +287,226 @@ def best_of_n(values: torch.Tensor, frames: int, lower: bool = False) -> torch.T
     return values.gather(0, index.expand(1, *values.shape[1:]))[0]
 
 
-def figures(ev: Evaluation, frames: int) -> dict[str, float]:
-    """The headline numbers averaged over the first ``frames`` predicted frames, each with ``_ci95``."""
-    per_sequence = {
-        "psnr": ev.psnr[:, :frames].mean((0, 1)),
-        "ssim": ev.ssim[:, :frames].mean((0, 1)),
-        "psnr_best_of_n": best_of_n(ev.psnr, frames)[:frames].mean(0),
-        "ssim_best_of_n": best_of_n(ev.ssim, frames)[:frames].mean(0),
-        "copy_last_psnr": ev.copy_last_psnr[:frames].mean(0),
-        "copy_last_ssim": ev.copy_last_ssim[:frames].mean(0),
-        # paired per sequence: what choosing the best of N samples gains over a typical sample
-        "best_minus_mean": best_of_n(ev.psnr, frames)[:frames].mean(0) - ev.psnr[:, :frames].mean((0, 1)),
-    }
-    if ev.lpips is not None:
-        per_sequence["lpips"] = ev.lpips[:, :frames].mean((0, 1))
-        per_sequence["lpips_best_of_n"] = best_of_n(ev.lpips, frames, lower=True)[:frames].mean(0)
-        per_sequence["copy_last_lpips"] = ev.copy_last_lpips[:frames].mean(0)
-    out = {}
-    for name, values in per_sequence.items():
-        out[name], out[f"{name}_ci95"] = z_interval(values)
+DIGITS = 6
+"""Decimals a summary keeps: far below any real difference, and the JSON stays readable."""
+
+
+def _number(value: float) -> float | None:
+    return plain(value, DIGITS)  # rounded; None where not finite (a PSNR of a frame predicted exactly)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over sequences and the half-width of its 95% normal interval (``z_interval``)."""
+
+    mean: float | None
+    ci95: float | None
+
+    @classmethod
+    def over(cls, per_sequence: torch.Tensor) -> Estimate:
+        mean, half = z_interval(per_sequence)
+        return cls(_number(mean), _number(half))
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Per predicted frame: the mean over sequences and its 95% half-width."""
+
+    mean: list[float | None]
+    ci95: list[float | None]
+
+    @classmethod
+    def over(cls, per_sequence: torch.Tensor) -> Curve:
+        means, halves = z_interval_per_frame(per_sequence)
+        return cls([_number(m) for m in means], [_number(h) for h in halves])
+
+
+def _flat(figures: object, suffix: str = "") -> dict[str, object]:
+    """A dataclass of Estimates or Curves as the evaluation JSON's keys: NAME<suffix> and NAME<suffix>_ci95."""
+    out: dict[str, object] = {}
+    for f in dataclasses.fields(figures):
+        value = getattr(figures, f.name)
+        if value is not None:
+            out[f"{f.name}{suffix}"], out[f"{f.name}{suffix}_ci95"] = value.mean, value.ci95
     return out
 
 
-def summarize(ev: Evaluation, frames: int) -> dict:
-    """Everything the evaluation JSON holds: headline figures over the first ``frames`` predicted
-    frames (the seed's test protocol: 10), the same over the whole horizon, per-frame curves over
-    the horizon with their intervals (best-of-N chosen over the horizon), latent usage."""
+@dataclass(frozen=True)
+class Window:
+    """The figures averaged over the first ``frames`` predicted frames, per sequence, then over sequences.
+    Best of N is the sample with the best mean over those frames; LPIPS where it was computed."""
+
+    psnr: Estimate
+    ssim: Estimate
+    psnr_best_of_n: Estimate
+    ssim_best_of_n: Estimate
+    copy_last_psnr: Estimate
+    copy_last_ssim: Estimate
+    best_minus_mean: Estimate
+    """Paired per sequence: what choosing the best of N samples gains over a typical sample."""
+    lpips: Estimate | None = None
+    lpips_best_of_n: Estimate | None = None
+    copy_last_lpips: Estimate | None = None
+
+    @classmethod
+    def of(cls, ev: Evaluation, frames: int) -> Window:
+        best_psnr = best_of_n(ev.psnr, frames)[:frames].mean(0)
+        mean_psnr = ev.psnr[:, :frames].mean((0, 1))
+        lpips = {}
+        if ev.lpips is not None:
+            lpips = {
+                "lpips": Estimate.over(ev.lpips[:, :frames].mean((0, 1))),
+                "lpips_best_of_n": Estimate.over(best_of_n(ev.lpips, frames, lower=True)[:frames].mean(0)),
+                "copy_last_lpips": Estimate.over(ev.copy_last_lpips[:frames].mean(0)),
+            }
+        return cls(
+            psnr=Estimate.over(mean_psnr),
+            ssim=Estimate.over(ev.ssim[:, :frames].mean((0, 1))),
+            psnr_best_of_n=Estimate.over(best_psnr),
+            ssim_best_of_n=Estimate.over(best_of_n(ev.ssim, frames)[:frames].mean(0)),
+            copy_last_psnr=Estimate.over(ev.copy_last_psnr[:frames].mean(0)),
+            copy_last_ssim=Estimate.over(ev.copy_last_ssim[:frames].mean(0)),
+            best_minus_mean=Estimate.over(best_psnr - mean_psnr),
+            **lpips,
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return _flat(self)
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Every frame of the horizon, best of N chosen over the whole horizon."""
+
+    psnr: Curve
+    ssim: Curve
+    psnr_best_of_n: Curve
+    ssim_best_of_n: Curve
+    copy_last_psnr: Curve
+    copy_last_ssim: Curve
+    lpips: Curve | None = None
+    lpips_best_of_n: Curve | None = None
+    copy_last_lpips: Curve | None = None
+
+    @classmethod
+    def of(cls, ev: Evaluation) -> Curves:
+        horizon = ev.psnr.shape[1]
+        lpips = {}
+        if ev.lpips is not None:
+            lpips = {
+                "lpips": Curve.over(ev.lpips.mean(0)),
+                "lpips_best_of_n": Curve.over(best_of_n(ev.lpips, horizon, lower=True)),
+                "copy_last_lpips": Curve.over(ev.copy_last_lpips),
+            }
+        return cls(
+            psnr=Curve.over(ev.psnr.mean(0)),
+            ssim=Curve.over(ev.ssim.mean(0)),
+            psnr_best_of_n=Curve.over(best_of_n(ev.psnr, horizon)),
+            ssim_best_of_n=Curve.over(best_of_n(ev.ssim, horizon)),
+            copy_last_psnr=Curve.over(ev.copy_last_psnr),
+            copy_last_ssim=Curve.over(ev.copy_last_ssim),
+            **lpips,
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return _flat(self, "_per_frame")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What an evaluation reports: the headline window (the first ``frames`` predicted frames: the seed's
+    test protocol's 10), the same over the whole horizon, per-frame curves, FVD where computed, and how the
+    latent is used. Validation, the evaluator, reports and the study read it; ``to_json`` is the evaluation
+    JSON's layout."""
+
+    n_sequences: int
+    n_samples: int
+    n_past: int
+    horizon: int
+    frames: int
+    headline: Window
+    long_horizon: Window
+    per_frame: Curves
+    sample_diversity: float | None
+    """Mean pixel spread of the samples."""
+    z_use: Estimate
+    """MSE with z from the prior minus with the posterior mean, teacher forced."""
+    kl: float | None
+    """Nats per predicted step."""
+    kl_per_dim: list[float | None]
+    active_units: int
+    fvd: float | None = None
+    copy_last_fvd: float | None = None
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The per-frame metrics it holds: PSNR, SSIM and, when computed, LPIPS."""
+        return ("psnr", "ssim", "lpips") if self.headline.lpips is not None else ("psnr", "ssim")
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "n_sequences": self.n_sequences,
+            "n_samples": self.n_samples,
+            "n_past": self.n_past,
+            "horizon": self.horizon,
+            "frames": self.frames,
+            **self.headline.to_json(),
+            **self.per_frame.to_json(),
+            "long_horizon": self.long_horizon.to_json(),
+        }
+        if self.fvd is not None:
+            out["fvd"], out["copy_last_fvd"] = self.fvd, self.copy_last_fvd
+        out["sample_diversity"] = self.sample_diversity
+        out["z_use"], out["z_use_ci95"] = self.z_use.mean, self.z_use.ci95
+        out.update(kl=self.kl, kl_per_dim=self.kl_per_dim, active_units=self.active_units)
+        return out
+
+
+def summarize(ev: Evaluation, frames: int) -> Summary:
+    """The reported figures of an evaluation, over its first ``frames`` predicted frames and its horizon."""
     n_samples, horizon, n_sequences = ev.psnr.shape
     if not 0 < frames <= horizon:
         raise ValueError(f"frames = {frames} must be between 1 and the horizon {horizon}")
-    curves = {
-        "psnr_per_frame": ev.psnr.mean(0),
-        "ssim_per_frame": ev.ssim.mean(0),
-        "psnr_best_of_n_per_frame": best_of_n(ev.psnr, horizon),
-        "ssim_best_of_n_per_frame": best_of_n(ev.ssim, horizon),
-        "copy_last_psnr_per_frame": ev.copy_last_psnr,
-        "copy_last_ssim_per_frame": ev.copy_last_ssim,
-    }
-    if ev.lpips is not None:
-        curves["lpips_per_frame"] = ev.lpips.mean(0)
-        curves["lpips_best_of_n_per_frame"] = best_of_n(ev.lpips, horizon, lower=True)
-        curves["copy_last_lpips_per_frame"] = ev.copy_last_lpips
-    out: dict = {
-        "n_sequences": n_sequences,
-        "n_samples": n_samples,
-        "n_past": ev.n_past,
-        "horizon": horizon,
-        "frames": frames,
-        **figures(ev, frames),
-    }
-    for name, values in curves.items():
-        out[name], out[f"{name}_ci95"] = z_interval_per_frame(values)
-    out["long_horizon"] = figures(ev, horizon)
+    fvd = {}
     if ev.videos is not None:  # one number per set of videos: no interval over sequences
-        out["fvd"] = frechet_distance(ev.videos.sample, ev.videos.real)
-        out["copy_last_fvd"] = frechet_distance(ev.videos.copy_last, ev.videos.real)
-    out["sample_diversity"] = ev.diversity.mean().item()
-    out["z_use"], out["z_use_ci95"] = z_interval(ev.z_use)
-    out["kl"] = ev.kl_per_dim.sum().item()  # nats per predicted step
-    out["kl_per_dim"] = ev.kl_per_dim.tolist()
-    out["active_units"] = active_units(ev.kl_per_dim)
-    return plain(out, digits=6)  # six decimals: far below any real difference, and the JSON stays readable
+        fvd = {
+            "fvd": _number(frechet_distance(ev.videos.sample, ev.videos.real)),
+            "copy_last_fvd": _number(frechet_distance(ev.videos.copy_last, ev.videos.real)),
+        }
+    return Summary(
+        n_sequences=n_sequences,
+        n_samples=n_samples,
+        n_past=ev.n_past,
+        horizon=horizon,
+        frames=frames,
+        headline=Window.of(ev, frames),
+        long_horizon=Window.of(ev, horizon),
+        per_frame=Curves.of(ev),
+        sample_diversity=_number(ev.diversity.mean().item()),
+        z_use=Estimate.over(ev.z_use),
+        kl=_number(ev.kl_per_dim.sum().item()),
+        kl_per_dim=[_number(v) for v in ev.kl_per_dim.tolist()],
+        active_units=active_units(ev.kl_per_dim),
+        **fvd,
+    )
 
 
-def validation_figures(summary: dict) -> dict:
+def validation_figures(summary: Summary) -> dict:
     """What a validation logs (``val/…``): PSNR over every predicted frame beside copy-last, and how
     the latent is used; with several samples also best-of-N, its paired gain and the samples' spread."""
-    s = summary
+    s, window = summary, summary.headline
     record = {
-        "val/psnr": s["psnr"],
-        "val/ssim": s["ssim"],
-        "val/psnr_copy_last": s["copy_last_psnr"],
-        "val/psnr_per_frame": [round(v, 4) for v in s["psnr_per_frame"]],
-        "val/kl": s["kl"],
-        "val/active_units": s["active_units"],
-        "val/z_use": s["z_use"],
+        "val/psnr": window.psnr.mean,
+        "val/ssim": window.ssim.mean,
+        "val/psnr_copy_last": window.copy_last_psnr.mean,
+        "val/psnr_per_frame": [None if v is None else round(v, 4) for v in s.per_frame.psnr.mean],
+        "val/kl": s.kl,
+        "val/active_units": s.active_units,
+        "val/z_use": s.z_use.mean,
     }
-    if s["n_samples"] > 1:
-        record["val/psnr_best_of_n"] = s["psnr_best_of_n"]
-        record["val/best_minus_mean"], record["val/best_minus_mean_ci95"] = (
-            s["best_minus_mean"],
-            s["best_minus_mean_ci95"],
-        )
-        record["val/sample_diversity"] = s["sample_diversity"]
+    if s.n_samples > 1:
+        record["val/psnr_best_of_n"] = window.psnr_best_of_n.mean
+        record["val/best_minus_mean"] = window.best_minus_mean.mean
+        record["val/best_minus_mean_ci95"] = window.best_minus_mean.ci95
+        record["val/sample_diversity"] = s.sample_diversity
     return record

@@ -11,13 +11,12 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from svg.checkpoint import load_model, model_weights
 from svg.data import SEQ_LEN, eval_batches, open_split
 from svg.errors import SvgError
-from svg.evaluation import Networks, evaluate, summarize
+from svg.evaluation import Networks, Summary, evaluate, summarize
 from svg.fvd import load_i3d
 from svg.media import write_curves, write_gif, write_strip
 from svg.perceptual import BACKBONES, load_lpips
@@ -27,44 +26,40 @@ from svg.tracking import Tracker
 from svg.weights import I3D, find_all
 
 
-def per_frame_series(summary: dict) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+def per_frame_series(summary: Summary) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
     """The summary's curves grouped for ``svg.media.write_curves``: metric -> label -> (mean, ci95)."""
-    n = summary["n_samples"]
-    return {
-        metric.upper(): {
-            f"mean of {n}": (summary[f"{metric}_per_frame"], summary[f"{metric}_per_frame_ci95"]),
-            f"best of {n}": (summary[f"{metric}_best_of_n_per_frame"], summary[f"{metric}_best_of_n_per_frame_ci95"]),
-            "copy last": (summary[f"copy_last_{metric}_per_frame"], summary[f"copy_last_{metric}_per_frame_ci95"]),
+    n, curves = summary.n_samples, summary.per_frame
+    series = {}
+    for metric in summary.metrics:
+        mean, best, base = (getattr(curves, name) for name in (metric, f"{metric}_best_of_n", f"copy_last_{metric}"))
+        series[metric.upper()] = {
+            f"mean of {n}": (mean.mean, mean.ci95),
+            f"best of {n}": (best.mean, best.ci95),
+            "copy last": (base.mean, base.ci95),
         }
-        for metric in scored(summary)
-    }
+    return series
 
 
-def scored(summary: dict) -> tuple[str, ...]:
-    """The per-frame metrics a summary holds: PSNR, SSIM and, when computed, LPIPS."""
-    return ("psnr", "ssim", "lpips") if "lpips" in summary else ("psnr", "ssim")
-
-
-def headline(summary: dict) -> str:
+def headline(summary: Summary) -> str:
     """What a person reads first: PSNR beside copy-last, over the headline frames and the whole
     horizon, best of N and its paired gain, and whether the latent is used."""
-    s, lh = summary, summary["long_horizon"]
+    s, h, lh, n = summary, summary.headline, summary.long_horizon, summary.n_samples
     return (
-        f"PSNR {s['psnr']:.2f} ± {s['psnr_ci95']:.2f} dB over {s['frames']} frames "
-        f"(best of {s['n_samples']} {s['psnr_best_of_n']:.2f}, copy-last {s['copy_last_psnr']:.2f}), "
-        f"SSIM {s['ssim']:.3f} (best {s['ssim_best_of_n']:.3f}, copy-last {s['copy_last_ssim']:.3f}); "
-        f"{s['horizon']} frames: PSNR {lh['psnr']:.2f}, best of {s['n_samples']} {lh['psnr_best_of_n']:.2f} "
-        f"(gain {lh['best_minus_mean']:+.2f} ± {lh['best_minus_mean_ci95']:.2f}), "
-        f"copy-last {lh['copy_last_psnr']:.2f}; "
-        f"latent: {s['active_units']} active units, KL {s['kl']:.3g} nats/step, z use {s['z_use']:.2g}, "
-        f"sample spread {s['sample_diversity']:.3f}; {s['n_sequences']} sequences"
+        f"PSNR {h.psnr.mean:.2f} ± {h.psnr.ci95:.2f} dB over {s.frames} frames "
+        f"(best of {n} {h.psnr_best_of_n.mean:.2f}, copy-last {h.copy_last_psnr.mean:.2f}), "
+        f"SSIM {h.ssim.mean:.3f} (best {h.ssim_best_of_n.mean:.3f}, copy-last {h.copy_last_ssim.mean:.3f}); "
+        f"{s.horizon} frames: PSNR {lh.psnr.mean:.2f}, best of {n} {lh.psnr_best_of_n.mean:.2f} "
+        f"(gain {lh.best_minus_mean.mean:+.2f} ± {lh.best_minus_mean.ci95:.2f}), "
+        f"copy-last {lh.copy_last_psnr.mean:.2f}; "
+        f"latent: {s.active_units} active units, KL {s.kl:.3g} nats/step, z use {s.z_use.mean:.2g}, "
+        f"sample spread {s.sample_diversity:.3f}; {s.n_sequences} sequences"
         + (
-            f"; LPIPS {s['lpips']:.3f} (best of {s['n_samples']} {s['lpips_best_of_n']:.3f}, "
-            f"copy-last {s['copy_last_lpips']:.3f})"
-            if "lpips" in s
+            f"; LPIPS {h.lpips.mean:.3f} (best of {n} {h.lpips_best_of_n.mean:.3f}, "
+            f"copy-last {h.copy_last_lpips.mean:.3f})"
+            if h.lpips is not None
             else ""
         )
-        + (f"; FVD {s['fvd']:.1f} (copy-last {s['copy_last_fvd']:.1f})" if "fvd" in s else "")
+        + (f"; FVD {s.fvd:.1f} (copy-last {s.copy_last_fvd:.1f})" if s.fvd is not None else "")
     )
 
 
@@ -110,7 +105,7 @@ def default_output(checkpoint: Path, split: str) -> Path:
     return run / "eval" / f"{split}-{checkpoint.stem}.json"
 
 
-def evaluate_checkpoint(checkpoint: Path, out: Path, opts: EvaluationOptions) -> dict:
+def evaluate_checkpoint(checkpoint: Path, out: Path, opts: EvaluationOptions) -> Summary:
     """Evaluate a checkpoint on a split; write the results JSON, a GIF, a strip and a per-frame plot
     beside it, and log them to the checkpoint's W&B run (resumed by id; a new run if it has none)."""
     model, exp, state = load_model(checkpoint, opts.weights)
@@ -144,10 +139,7 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, opts: EvaluationOptions) ->
     batch_size = opts.batch_size or exp.val_batch_size
 
     rt = setup_runtime(exp.train.model_copy(update={"device": opts.device, "precision": opts.precision}))
-    model.to(rt.device)
-    if rt.channels_last:
-        model.channels_last = True
-        model.to(memory_format=torch.channels_last)
+    model.to(rt.device).in_layout(rt.channels_last)
     batches = tqdm(
         eval_batches(dataset, batch_size, limit=n),
         total=math.ceil(n / batch_size),
@@ -194,7 +186,7 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, opts: EvaluationOptions) ->
         "seed": opts.seed,
         "weights": model_weights(state, opts.weights),
         "protocol": stamp,
-        **summary,
+        **summary.to_json(),
         "media": {k: p.name for k, p in media.items()},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -202,24 +194,31 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, opts: EvaluationOptions) ->
 
     if opts.tracking:
         exp.tracking.mode = opts.tracking
-    _log(Tracker(exp, out.parent, run_id=state.get("wandb_id")), result, media)
-    return result
+    _log(Tracker(exp, out.parent, run_id=state.get("wandb_id")), result, summary, media)
+    return summary
 
 
-def _log(tracker: Tracker, result: dict, media: dict[str, Path]) -> None:
+def _log(tracker: Tracker, result: dict, summary: Summary, media: dict[str, Path]) -> None:
     """Scalars to the history and the summary under ``SPLIT/``, per-frame curves, the media."""
     split = result["split"]
     scalars = {f"{split}/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
     scalars.update({f"{split}/long_horizon/{k}": v for k, v in result["long_horizon"].items()})
     lists = {f"{split}/{k}": v for k, v in result.items() if isinstance(v, list)}
     per_frame = ["psnr_per_frame", "ssim_per_frame", "psnr_best_of_n_per_frame", "copy_last_psnr_per_frame"]
-    per_frame += ["lpips_per_frame"] if "lpips" in result else []
+    per_frame += ["lpips_per_frame"] if "lpips" in summary.metrics else []
     curves = {f"{split}/{k}": (result[k], "predicted frame") for k in per_frame}
     columns = ["figure", "horizon", "mean", "ci95", "best_of_n", "copy_last"]
     rows = [
-        [m, frames, r[m], r[f"{m}_ci95"], r[f"{m}_best_of_n"], r[f"copy_last_{m}"]]
-        for frames, r in ((result["frames"], result), (result["horizon"], result["long_horizon"]))
-        for m in scored(result)
+        [
+            m,
+            frames,
+            getattr(w, m).mean,
+            getattr(w, m).ci95,
+            getattr(w, f"{m}_best_of_n").mean,
+            getattr(w, f"copy_last_{m}").mean,
+        ]
+        for frames, w in ((summary.frames, summary.headline), (summary.horizon, summary.long_horizon))
+        for m in summary.metrics
     ]
     tracker.log(
         {**scalars, **lists},

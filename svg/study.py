@@ -25,27 +25,23 @@ over seeds, paired by seed between settings; ``svg.report.stats``):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from svg.report.collect import ReportError, collect, varied
+from svg.report.collect import collect, varied
 from svg.report.html import write_index, write_report
 from svg.report.plots import plot_settings
-from svg.report.settings import Setting, group, pick
+from svg.report.settings import Setting, group
 from svg.report.stats import Interval, mean_ci, paired_diff
 from svg.sweeps import SWEEP_FILE, SweepRunner, load_sweep
 
-STUDIES = ("annealing", "tfr", "lr", "beta")  # the seed report's three questions first, then the project's own
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 PROTOCOLS = ("seed", "svg")
 CLAIM_MARGIN = 0.2  # dB: an advantage below this is no advantage
 FAIL_MARGIN = 2.0  # dB under the best teacher-forcing start: a failure (the issue's rule)
 M, COPY_LAST = "test/seed/psnr", "test/seed/copy_last_psnr"
-REFERENCES = {  # each page's paired differences are taken against the setting its question starts from
-    "annealing": "kl.beta_max=1e-05,kl.mode=monotonic",  # the study preset
-    "tfr": "tfr.start_decay_epoch=0.4",  # the seed's start
-    "lr": "optim.lr=0.0002,train.epochs=10",  # the seed's learning rate
-    "beta": "kl.beta_max=1e-05",  # the study preset
-}
 SUMMARY = [  # the per-setting columns of RESULTS.md
     (M, "PSNR (seed)"),
     (COPY_LAST, "copy-last (seed)"),
@@ -86,7 +82,7 @@ def run_study(
             if trial["state"] == "finished":
                 evaluate_trial(folder / trial["id"], sequences, say)
     found = {name: _settings(out / name) for name in STUDIES if (out / name).is_dir()}
-    results = {name: DECIDERS[name](settings) for name, settings in found.items()}
+    results = {name: STUDIES[name].decide(settings) for name, settings in found.items()}
     tables = {name: summary(settings) for name, settings in found.items()}
     for name, settings in found.items():
         title = f"study-{name}"
@@ -94,7 +90,7 @@ def run_study(
             [out / name],
             out / name / "report",
             f"Study: {title}",
-            _reference(name, settings),
+            STUDIES[name].reference_label(settings),
             lines(name, results[name]),
         )
         plot_settings(settings, PANELS, out / f"{title}.png", f"{title}: mean ± 95% over seeds")
@@ -125,15 +121,6 @@ def evaluate_trial(run_dir: Path, sequences: dict[str, int | None], say=print) -
 def _settings(folder: Path) -> list[Setting]:
     runs, searched, _ = collect([folder])
     return group(runs, varied(runs, searched))
-
-
-def _reference(name: str, settings: list[Setting]) -> str | None:
-    """The study's reference setting when it has finished runs (else the report takes the first setting)."""
-    try:
-        pick(settings, REFERENCES[name])
-    except ReportError:
-        return None
-    return REFERENCES[name]
 
 
 def _find(settings: list[Setting], **values) -> Setting | None:
@@ -233,36 +220,71 @@ def beta_range(settings: list[Setting]) -> dict:
     return rows
 
 
-DECIDERS = {"annealing": annealing, "tfr": teacher_forcing, "lr": learning_rate, "beta": beta_range}
+def _fmt(iv: dict | None, signed: bool = True) -> str:
+    return _plain(iv, signed) + ("" if iv is None else f" (n={iv['n']})")
 
 
-def lines(name: str, result: dict) -> list[str]:
-    """One study's verdicts and numbers as lines (``**verdict**`` in bold), for RESULTS.md and the report pages."""
+def annealing_lines(result: dict) -> list[str]:
+    return [
+        f"{k}: monotonic − cyclical {_fmt(v['monotonic_minus_cyclical'])} dB: **{v['verdict']}**"
+        for k, v in result.items()
+    ]
 
-    def fmt(iv: dict | None, signed: bool = True) -> str:
-        return _plain(iv, signed) + ("" if iv is None else f" (n={iv['n']})")
 
-    if name == "annealing":
-        return [
-            f"{k}: monotonic − cyclical {fmt(v['monotonic_minus_cyclical'])} dB: **{v['verdict']}**"
-            for k, v in result.items()
-        ]
-    if name == "tfr":
-        return [f"verdict: **{result['verdict']}** (best start {result.get('best_start')})"] + [
-            f"start {k}: PSNR {fmt(v['psnr'], signed=False)}, copy-last {v['copy_last']:.2f}, "
-            f"minus best {fmt(v['minus_best'])}: {v['outcome']}"
-            for k, v in result["starts"].items()
-        ]
-    if name == "lr":
-        return [f"verdict: **{result['verdict']}**"] + [
-            f"{k}: 2e-3 − 2e-4 {fmt(v)} dB" for k, v in result["lr_2e-3_minus_2e-4"].items()
-        ]
+def teacher_forcing_lines(result: dict) -> list[str]:
+    return [f"verdict: **{result['verdict']}** (best start {result.get('best_start')})"] + [
+        f"start {k}: PSNR {_fmt(v['psnr'], signed=False)}, copy-last {v['copy_last']:.2f}, "
+        f"minus best {_fmt(v['minus_best'])}: {v['outcome']}"
+        for k, v in result["starts"].items()
+    ]
+
+
+def learning_rate_lines(result: dict) -> list[str]:
+    return [f"verdict: **{result['verdict']}**"] + [
+        f"{k}: 2e-3 − 2e-4 {_fmt(v)} dB" for k, v in result["lr_2e-3_minus_2e-4"].items()
+    ]
+
+
+def beta_range_lines(result: dict) -> list[str]:
     return [
         f"{k}: "
-        + ", ".join(f"{m} {fmt(v, m == 'best_minus_mean')}" for m, v in row.items() if m != "collapsed")
+        + ", ".join(f"{m} {_fmt(v, m == 'best_minus_mean')}" for m, v in row.items() if m != "collapsed")
         + (" (collapsed)" if row["collapsed"] else "")
         for k, row in result.items()
     ]
+
+
+@dataclass(frozen=True)
+class Study:
+    """One question: its sweep (``sweeps/study-<name>.yaml``), the setting its report pairs every other setting
+    against (the one the question starts from, as parameter values), the rule that decides it and its result as
+    lines (``**verdict**`` in bold) for RESULTS.md and the report pages."""
+
+    name: str
+    reference: dict[str, Any]
+    decide: Callable[[list[Setting]], dict]
+    describe: Callable[[dict], list[str]]
+
+    def reference_label(self, settings: list[Setting]) -> str | None:
+        """The reference setting's label where it has finished runs (else the report takes the first setting)."""
+        found = _find(settings, **self.reference)
+        return None if found is None else found.label
+
+
+STUDIES = {  # the seed report's three questions first, then the project's own
+    s.name: s
+    for s in (
+        Study("annealing", {"kl.beta_max": 1e-05, "kl.mode": "monotonic"}, annealing, annealing_lines),
+        Study("tfr", {"tfr.start_decay_epoch": 0.4}, teacher_forcing, teacher_forcing_lines),  # the seed's start
+        Study("lr", {"optim.lr": 0.0002, "train.epochs": 10}, learning_rate, learning_rate_lines),  # the seed's lr
+        Study("beta", {"kl.beta_max": 1e-05}, beta_range, beta_range_lines),
+    )
+}
+
+
+def lines(name: str, result: dict) -> list[str]:
+    """One study's verdicts and numbers as lines."""
+    return STUDIES[name].describe(result)
 
 
 def columns(metrics: set[str]) -> list[tuple[str, str]]:

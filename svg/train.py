@@ -151,10 +151,7 @@ class Trainer:
         """The model in the runtime's layout, what a step updates (DDP-wrapped under several processes) and the
         moving average of its weights."""
         exp, rt = self.exp, self.rt
-        self.model = SVG.for_experiment(exp).to(rt.device)
-        if rt.channels_last:
-            self.model.channels_last = True
-            self.model.to(memory_format=torch.channels_last)
+        self.model = SVG.for_experiment(exp).to(rt.device).in_layout(rt.channels_last)
         forward = self.model
         if rt.world_size > 1:
             ids = [rt.device.index] if rt.device.type == "cuda" else None

@@ -59,21 +59,25 @@ class CopyLast(SVG):
 def test_copy_last_model_scores_exactly_the_baseline():
     torch.manual_seed(0)
     s = summarize(run(CopyLast(Model(**TINY)), n_samples=2), frames=4)
-    for key in ("psnr", "ssim", "psnr_ci95"):
-        assert s[key] == s[f"copy_last_{key}"]
-    assert s["psnr_best_of_n"] == s["copy_last_psnr"]
-    assert s["psnr_per_frame"] == s["copy_last_psnr_per_frame"]
-    assert s["ssim_per_frame"] == s["copy_last_ssim_per_frame"]
+    h, curves = s.headline, s.per_frame
+    assert h.psnr == h.copy_last_psnr and h.ssim == h.copy_last_ssim
+    assert h.psnr_best_of_n.mean == h.copy_last_psnr.mean
+    assert curves.psnr == curves.copy_last_psnr and curves.ssim == curves.copy_last_ssim
 
 
 def test_per_frame_curves_have_one_value_per_predicted_frame():
     s = summarize(run(tiny(), n_samples=2), frames=3)
-    assert s["horizon"] == HORIZON and s["frames"] == 3 and s["n_sequences"] == 6 and s["n_samples"] == 2
+    assert s.horizon == HORIZON and s.frames == 3 and s.n_sequences == 6 and s.n_samples == 2
     for key in ("psnr", "ssim", "psnr_best_of_n", "ssim_best_of_n", "copy_last_psnr", "copy_last_ssim"):
-        assert len(s[f"{key}_per_frame"]) == HORIZON and len(s[f"{key}_per_frame_ci95"]) == HORIZON
-        assert key in s["long_horizon"] and f"{key}_ci95" in s["long_horizon"]
-    assert s["psnr"] == pytest.approx(sum(s["psnr_per_frame"][:3]) / 3, abs=1e-5)
-    assert s["long_horizon"]["psnr"] == pytest.approx(sum(s["psnr_per_frame"]) / HORIZON, abs=1e-5)
+        curve = getattr(s.per_frame, key)
+        assert len(curve.mean) == HORIZON and len(curve.ci95) == HORIZON
+        assert getattr(s.long_horizon, key).ci95 > 0
+    assert s.headline.psnr.mean == pytest.approx(sum(s.per_frame.psnr.mean[:3]) / 3, abs=1e-5)
+    assert s.long_horizon.psnr.mean == pytest.approx(sum(s.per_frame.psnr.mean) / HORIZON, abs=1e-5)
+    json = s.to_json()  # the evaluation JSON's flat keys
+    assert json["psnr"] == s.headline.psnr.mean and json["psnr_per_frame_ci95"] == s.per_frame.psnr.ci95
+    assert json["long_horizon"]["best_minus_mean_ci95"] == s.long_horizon.best_minus_mean.ci95
+    assert "lpips" not in json and "fvd" not in json
     with pytest.raises(ValueError, match="horizon"):
         summarize(run(tiny()), frames=HORIZON + 1)
 
@@ -84,8 +88,8 @@ def test_best_of_n_is_at_least_the_mean_of_n_on_the_same_samples():
     for values, frames in ((ev.psnr, 3), (ev.ssim, 3), (ev.psnr, HORIZON)):
         best, mean = best_of_n(values, frames)[:frames].mean(0), values[:, :frames].mean((0, 1))
         assert (best >= mean - 1e-9).all() and (best > mean).any()
-    s = summarize(ev, frames=3)
-    assert s["psnr_best_of_n"] > s["psnr"] and s["ssim_best_of_n"] >= s["ssim"]
+    h = summarize(ev, frames=3).headline
+    assert h.psnr_best_of_n.mean > h.psnr.mean and h.ssim_best_of_n.mean >= h.ssim.mean
 
 
 def test_best_of_n_chooses_per_sequence_and_per_metric_over_the_averaged_frames():
@@ -132,10 +136,10 @@ def test_a_model_that_ignores_z_has_no_z_use_no_diversity_and_no_best_of_n_gain(
     with torch.no_grad():
         model.predictor.embed.weight[:, -TINY["z_dim"] :] = 0  # z enters the predictor here only
     s = summarize(run(model, n_samples=3), frames=3)
-    assert s["z_use"] == 0 and s["sample_diversity"] == 0
-    assert s["best_minus_mean"] == 0 and s["best_minus_mean_ci95"] == 0
+    assert s.z_use.mean == 0 and s.sample_diversity == 0
+    assert s.headline.best_minus_mean.mean == 0 and s.headline.best_minus_mean.ci95 == 0
     used = summarize(run(tiny(), n_samples=3), frames=3)
-    assert used["sample_diversity"] > 0 and used["best_minus_mean"] > 0
+    assert used.sample_diversity > 0 and used.headline.best_minus_mean.mean > 0
 
 
 def test_best_minus_mean_is_paired_per_sequence():
@@ -153,17 +157,17 @@ def test_best_minus_mean_is_paired_per_sequence():
         n_past=2,
         panels=None,
     )
-    s = summarize(ev, frames=1)
+    gain = summarize(ev, frames=1).headline.best_minus_mean
     gains = torch.tensor([1.0, 0.0, 3.0])  # 22 - 21, 30 - 30, 16 - 13
-    assert s["best_minus_mean"] == pytest.approx(gains.mean().item())
-    assert s["best_minus_mean_ci95"] == pytest.approx(1.96 * gains.std().item() / math.sqrt(3), abs=1e-6)
+    assert gain.mean == pytest.approx(gains.mean().item())
+    assert gain.ci95 == pytest.approx(1.96 * gains.std().item() / math.sqrt(3), abs=1e-6)
 
 
 def test_latent_usage_is_reported():
     s = summarize(run(tiny(), n_samples=1), frames=3)
-    assert len(s["kl_per_dim"]) == TINY["z_dim"] and all(v >= 0 for v in s["kl_per_dim"])
-    assert s["kl"] == pytest.approx(sum(s["kl_per_dim"]), abs=1e-5)
-    assert 0 <= s["active_units"] <= TINY["z_dim"]
+    assert len(s.kl_per_dim) == TINY["z_dim"] and all(v >= 0 for v in s.kl_per_dim)
+    assert s.kl == pytest.approx(sum(s.kl_per_dim), abs=1e-5)
+    assert 0 <= s.active_units <= TINY["z_dim"]
 
 
 # -- the learned prior (SVG-LP) -------------------------------------------------------------------

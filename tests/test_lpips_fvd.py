@@ -227,16 +227,19 @@ def test_evaluate_scores_lpips_and_fvd_beside_copy_last(alexnet, i3d_file):
     assert ev.lpips.shape == (2, HORIZON, 6) and ev.copy_last_lpips.shape == (HORIZON, 6)
     assert ev.videos.real.shape == ev.videos.sample.shape == ev.videos.copy_last.shape == (6, 9)
     s = summarize(ev, frames=4)
-    assert s["lpips"] == s["copy_last_lpips"] == s["lpips_best_of_n"] > 0.001  # the model is the baseline
-    assert s["fvd"] == s["copy_last_fvd"] > 0 and s["lpips_per_frame"] == s["copy_last_lpips_per_frame"]
-    assert s["long_horizon"]["lpips"] == pytest.approx(sum(s["lpips_per_frame"]) / HORIZON, abs=1e-5)
+    h = s.headline
+    assert h.lpips.mean == h.copy_last_lpips.mean == h.lpips_best_of_n.mean > 0.001  # the model is the baseline
+    assert s.fvd == s.copy_last_fvd > 0 and s.per_frame.lpips == s.per_frame.copy_last_lpips
+    assert s.long_horizon.lpips.mean == pytest.approx(sum(s.per_frame.lpips.mean) / HORIZON, abs=1e-5)
+    assert s.metrics == ("psnr", "ssim", "lpips") and s.to_json()["lpips_best_of_n_per_frame"]
     x, _ = to_model_layout(*batches()[0], CPU)  # the real videos: the context frames, then the first 4 predicted
     torch.testing.assert_close(ev.videos.real[:3], nets.i3d.features(x[: N_PAST + 4]))
 
     s = summarize(evaluate(tiny(), batches(), N_PAST, 3, CPU, 0, networks=nets), frames=4)
-    assert s["lpips_best_of_n"] < s["lpips"] and s["fvd"] != s["copy_last_fvd"]
+    assert s.headline.lpips_best_of_n.mean < s.headline.lpips.mean and s.fvd != s.copy_last_fvd
     without = summarize(evaluate(tiny(), batches(), N_PAST, 3, CPU, 0), frames=4)
-    assert "lpips" not in without and "fvd" not in without and without["psnr"] == s["psnr"]  # nothing else moves
+    assert without.headline.lpips is None and without.fvd is None
+    assert without.headline.psnr == s.headline.psnr  # nothing else moves
 
 
 # -- weight files -------------------------------------------------------------------------------------------------

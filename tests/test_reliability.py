@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from svg.checkpoint import CheckpointWriter, load_checkpoint
-from svg.config import ConfigError, Experiment, OneLineParser, add_experiment_arguments, experiment_from_args
+from svg.cli import OneLineParser, add_experiment_arguments, experiment_from_args
+from svg.config import ConfigError, Experiment
 from svg.errors import SvgError
 from svg.train import Trainer, TrainingStopped
 

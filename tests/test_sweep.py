@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import ROOT, inspect_run, run_entrypoint, run_record
 
-from svg.config import OneLineParser, add_experiment_arguments, experiment_from_args
+from svg.cli import OneLineParser, add_experiment_arguments, experiment_from_args
 from svg.sweeps import SweepError, Trial, expand_command, load_sweep, suggest, sweeps_package, to_engine, to_stop
 from svg.tracking import read_metrics
 

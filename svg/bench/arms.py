@@ -42,7 +42,7 @@ VARIANT_KEYS = {
     "step": ("project", "reference"),
     "precision": ("auto", *AMP_DTYPES),
     "channels_last": ("true", "false"),
-    "compile": ("off", "auto", "default", "reduce-overhead", "true", "false"),
+    "compile": ("off", "auto", "default", "reduce-overhead"),
 }
 """What ``--variant`` may set, and to what."""
 
@@ -57,8 +57,6 @@ def parse_variant(spec: str) -> dict[str, Any]:
             choices = "; ".join(f"{k}={'|'.join(v)}" for k, v in VARIANT_KEYS.items())
             raise SvgError(f"--variant: {item!r} is not one of {choices}")
         out[key] = value == "true" if key == "channels_last" else value
-    if out.get("compile") in ("true", "false"):
-        out["compile"] = "default" if out["compile"] == "true" else "off"
     return out
 
 
@@ -160,10 +158,7 @@ convolutions run in TF32, as every fp32 step there does (``settings.tf32`` in th
 
 def make_arm(name: str, initial: SVG, setting: ArmSetting, rt: Runtime, optim: Optim, free_bits: float = 0.0) -> Arm:
     """An arm on its own copy of ``initial``, with the optimizer, clipping and free bits the trainer would use."""
-    model = copy.deepcopy(initial)
-    if setting.channels_last:
-        model.channels_last = True
-        model.to(memory_format=torch.channels_last)
+    model = copy.deepcopy(initial).in_layout(setting.channels_last)
     arm_rt = Runtime(rt.device, AMP_DTYPES[setting.precision], setting.channels_last, rt.rank, rt.world_size)
     forward = functools.partial(reference_step, model) if setting.step == "reference" else None
     parts = Parts(model, make_optimizer(model, optim), arm_rt, optim.grad_clip, forward=forward, free_bits=free_bits)

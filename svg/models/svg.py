@@ -111,6 +111,13 @@ class SVG(nn.Module):
         columns = CONDITIONS[exp.data.conditions]
         return cls(exp.model, columns.stop - columns.start)
 
+    def in_layout(self, channels_last: bool) -> SVG:
+        """The model with its weights, and the frames it encodes, in channels-last memory (or as they are)."""
+        if channels_last:
+            self.channels_last = True
+            self.to(memory_format=torch.channels_last)
+        return self
+
     def _image(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
