@@ -25,6 +25,7 @@ over seeds, paired by seed between settings; ``svg.report.stats``):
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +35,13 @@ from svg.report.collect import collect, varied
 from svg.report.html import write_index, write_report
 from svg.report.plots import plot_settings
 from svg.report.settings import Setting, group
-from svg.report.stats import Interval, mean_ci, paired_diff
+from svg.report.stats import Interval, mean_ci, minimum_detectable_effect, paired_diff, seeds_for, t_quantile
 from svg.sweeps import SWEEP_FILE, SweepRunner, load_sweep
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 PROTOCOLS = ("seed", "svg")
 CLAIM_MARGIN = 0.2  # dB: an advantage below this is no advantage
+CLAIM_HALF_WIDTH = 0.3  # dB: the paired interval's half-width a study's seeds are chosen for
 FAIL_MARGIN = 2.0  # dB under the best teacher-forcing start: a failure (the issue's rule)
 M, COPY_LAST = "test/seed/psnr", "test/seed/copy_last_psnr"
 SUMMARY = [  # the per-setting columns of RESULTS.md
@@ -224,9 +226,23 @@ def _fmt(iv: dict | None, signed: bool = True) -> str:
     return _plain(iv, signed) + ("" if iv is None else f" (n={iv['n']})")
 
 
+def _fmt_diff(iv: dict | None) -> str:
+    """A paired difference with what its seeds can resolve: the minimum detectable effect (80% power) and the
+    seeds a half-width of CLAIM_HALF_WIDTH would take at the spread these seeds showed."""
+    if iv is None or iv["half"] is None:
+        return _fmt(iv)
+    sd = iv["half"] * math.sqrt(iv["n"]) / t_quantile(0.975, iv["n"] - 1)
+    resolves = f"detects ≥ {minimum_detectable_effect(sd, iv['n']):.2f} dB"
+    try:
+        needs = f"±{CLAIM_HALF_WIDTH} dB takes {seeds_for(sd, CLAIM_HALF_WIDTH)} seeds"
+    except ValueError:
+        needs = f"±{CLAIM_HALF_WIDTH} dB takes over 1,000 seeds"
+    return f"{_plain(iv, signed=True)} (n={iv['n']}, {resolves}; {needs})"
+
+
 def annealing_lines(result: dict) -> list[str]:
     return [
-        f"{k}: monotonic − cyclical {_fmt(v['monotonic_minus_cyclical'])} dB: **{v['verdict']}**"
+        f"{k}: monotonic − cyclical {_fmt_diff(v['monotonic_minus_cyclical'])} dB: **{v['verdict']}**"
         for k, v in result.items()
     ]
 
@@ -234,14 +250,14 @@ def annealing_lines(result: dict) -> list[str]:
 def teacher_forcing_lines(result: dict) -> list[str]:
     return [f"verdict: **{result['verdict']}** (best start {result.get('best_start')})"] + [
         f"start {k}: PSNR {_fmt(v['psnr'], signed=False)}, copy-last {v['copy_last']:.2f}, "
-        f"minus best {_fmt(v['minus_best'])}: {v['outcome']}"
+        f"minus best {_fmt_diff(v['minus_best'])}: {v['outcome']}"
         for k, v in result["starts"].items()
     ]
 
 
 def learning_rate_lines(result: dict) -> list[str]:
     return [f"verdict: **{result['verdict']}**"] + [
-        f"{k}: 2e-3 − 2e-4 {_fmt(v)} dB" for k, v in result["lr_2e-3_minus_2e-4"].items()
+        f"{k}: 2e-3 − 2e-4 {_fmt_diff(v)} dB" for k, v in result["lr_2e-3_minus_2e-4"].items()
     ]
 
 

@@ -8,7 +8,7 @@ import pytest
 import wandb
 
 from svg.report.settings import Setting
-from svg.study import annealing, beta_range, learning_rate, markdown, summary, teacher_forcing
+from svg.study import annealing, beta_range, learning_rate, lines, markdown, summary, teacher_forcing
 
 M, CL = "test/seed/psnr", "test/seed/copy_last_psnr"
 
@@ -33,6 +33,11 @@ def test_annealing_claim_is_reproduced_refuted_or_inconclusive_by_the_paired_int
     assert result["beta_max=1e-05"]["monotonic_minus_cyclical"]["mean"] == pytest.approx(0.9)
     assert result["beta_max=0.001"]["verdict"] == "not reproduced"  # within +-0.2 dB: no advantage
     assert result["beta_max=1.0"]["verdict"] == "inconclusive"  # the interval reaches above 0.2 dB
+    # sd 0.1 over 3 seeds: (t(0.975, 2) + t(0.8, 2)) * 0.1 / sqrt(3) = (4.303 + 1.061) * 0.0577 = 0.31 dB detected
+    first = lines("annealing", result)[0]
+    assert first.startswith(
+        "beta_max=1e-05: monotonic − cyclical +0.90 ± 0.25 (n=3, detects ≥ 0.31 dB; ±0.3 dB takes 3"
+    )
 
 
 def test_teacher_forcing_failure_is_below_copy_last_or_two_db_under_the_best_start():

@@ -99,3 +99,17 @@ def test_long_names_fit_wandb_limits_and_stay_distinct():
     assert name == group_name("ab12cd34", dict(long))  # deterministic
     assert group_name("ab12cd34", {**long, "section.field_11": "y" * 10}) != name
     assert fit("short", 10) == "short" and len(fit("n" * 100, 64)) == 64
+
+
+def test_seeds_for_a_half_width_and_the_effect_they_detect():
+    from svg.report.stats import minimum_detectable_effect, seeds_for
+
+    # by hand: t(0.975, 4) = 2.776, 2.776 * 0.3 / sqrt(5) = 0.372 > 0.3; t(0.975, 6) = 2.447, 2.447 * 0.3 / sqrt(7)
+    # = 0.277 <= 0.3, and t(0.975, 5) * 0.3 / sqrt(6) = 2.571 * 0.1225 = 0.315 > 0.3
+    assert seeds_for(0.3, 0.3) == 7
+    assert seeds_for(0.0, 0.3) == 2 and seeds_for(0.1, 0.3) == 3  # 4.303 * 0.1 / sqrt(3) = 0.248
+    with pytest.raises(ValueError, match="seeds"):
+        seeds_for(100.0, 0.3, most=50)
+    # (t(0.975, 4) + t(0.8, 4)) * 0.3 / sqrt(5) = (2.776 + 0.941) * 0.1342 = 0.499
+    assert minimum_detectable_effect(0.3, 5) == pytest.approx(0.4987, abs=1e-3)
+    assert minimum_detectable_effect(0.3, 10) < minimum_detectable_effect(0.3, 5)

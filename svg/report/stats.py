@@ -71,3 +71,24 @@ def verdict(diff: Interval | None, margin: float = 0.0, names: tuple[str, str] =
     if diff.high < -margin:
         return names[1]
     return "inconclusive"
+
+
+def seeds_for(sd: float, half_width: float, level: float = 0.95, most: int = 1000) -> int:
+    """The fewest seeds (at least 2) whose paired interval, at a seed-to-seed standard deviation ``sd`` of the
+    paired difference, has a half-width t(1-(1-level)/2, n-1) * sd / sqrt(n) of at most ``half_width``.
+    ValueError when even ``most`` seeds are not enough."""
+    if sd <= 0:
+        return 2
+    for n in range(2, most + 1):
+        if t_quantile(1 - (1 - level) / 2, n - 1) * sd / math.sqrt(n) <= half_width:
+            return n
+    raise ValueError(f"seeds_for: more than {most} seeds for a half-width of {half_width} at sd {sd}")
+
+
+def minimum_detectable_effect(sd: float, n: int, level: float = 0.95, power: float = 0.8) -> float:
+    """The smallest true paired difference that a two-sided paired t-test over ``n`` seeds finds (its interval
+    excludes 0) with probability ``power``: (t(1-(1-level)/2, n-1) + t(power, n-1)) * sd / sqrt(n)."""
+    if n < 2:
+        raise ValueError("minimum_detectable_effect: a paired interval needs 2 seeds")
+    dof = n - 1
+    return (t_quantile(1 - (1 - level) / 2, dof) + t_quantile(power, dof)) * sd / math.sqrt(n)
