@@ -18,7 +18,7 @@ def epoch_progress(iteration: int, train: Train) -> float:
     return math.floor(progress) if train.schedule == "epoch" else progress
 
 
-def beta(epoch: float, epochs: int, kl: KL) -> float:
+def beta_at(epoch: float, epochs: int, kl: KL) -> float:
     """KL weight at ``epoch`` (0-based, possibly fractional) of ``epochs``.
 
     monotonic: rises linearly from 0 over the first ``ratio`` of the run, then stays at beta_max.

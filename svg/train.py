@@ -31,7 +31,7 @@ from svg.losses import active_units
 from svg.media import write_gif, write_strip
 from svg.models import SVG
 from svg.runtime import Runtime, setup_runtime
-from svg.schedules import beta, epoch_progress, learning_rate, teacher_forcing_ratio
+from svg.schedules import beta_at, epoch_progress, learning_rate, teacher_forcing_ratio
 from svg.step import CompiledStep, Divergence, Parts, StepInput, Sums, compile_counts, make_optimizer, make_step
 from svg.tracking import METRICS_FILE, Tracker
 
@@ -232,14 +232,14 @@ class Trainer:
         try:
             while state.iteration < total:
                 progress = epoch_progress(state.iteration, cfg)
-                b, tfr = beta(progress, cfg.epochs, exp.kl), teacher_forcing_ratio(progress, cfg.epochs, exp.tfr)
+                beta, tfr = beta_at(progress, cfg.epochs, exp.kl), teacher_forcing_ratio(progress, cfg.epochs, exp.tfr)
                 for group in self.parts.optimizer.param_groups:
                     group["lr"] = learning_rate(state.iteration, total, exp.optim)
                 frames, cond = next(batches)
                 frames, cond, batch = frames[:, : self.seq_len], cond[:, : self.seq_len], frames.shape[0]
                 teacher_forcing = bool(torch.rand((), generator=state.tf_gen) < tfr)  # a Python bool: one graph each
                 eps = torch.randn(self.seq_len - 1, batch, exp.model.z_dim, device=rt.device)
-                fig = self.step(StepInput(frames, cond, eps, cfg.n_past, teacher_forcing, b))
+                fig = self.step(StepInput(frames, cond, eps, cfg.n_past, teacher_forcing, beta))
                 if self.ema is not None:
                     self.ema.update_parameters(self.model)
                 for sums in (state.window, state.epoch_sums):
@@ -249,10 +249,10 @@ class Trainer:
                 bar.update()
                 if state.iteration % cfg.log_every == 0 or state.iteration % cfg.iters_per_epoch == 0:
                     seqs = (state.iteration - window_iter) * batch * rt.world_size
-                    window_start = self._log_window(int(progress), b, tfr, seqs, window_start, bar)
+                    window_start = self._log_window(int(progress), beta, tfr, seqs, window_start, bar)
                     window_iter = state.iteration
                 if state.iteration % cfg.iters_per_epoch == 0:
-                    result = self._end_epoch(int(progress), b, tfr)
+                    result = self._end_epoch(int(progress), beta, tfr)
                     window_start = time.perf_counter()  # the training rate leaves validation out
                 elif state.iteration % cfg.checkpoint_every == 0:
                     self.checkpoint()
@@ -286,7 +286,7 @@ class Trainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def _log_window(self, epoch: int, b: float, tfr: float, seqs: int, started: float, bar: tqdm) -> float:
+    def _log_window(self, epoch: int, beta: float, tfr: float, seqs: int, started: float, bar: tqdm) -> float:
         """Read the window's figures (the loop's only host sync), stop a diverged run, log. The window's
         rate is ``seqs`` over the time from ``started`` to the end of the sync, so that it counts the wait
         for the device; returns that moment, the next window's start."""
@@ -303,19 +303,21 @@ class Trainer:
         if not self.rt.main:
             return now
         lr = self.parts.optimizer.param_groups[0]["lr"]
-        record = {"iter": state.iteration, "epoch": epoch, "train/skipped_steps": skipped, "beta": b, "tfr": tfr}
+        record = {"iter": state.iteration, "epoch": epoch, "train/skipped_steps": skipped, "beta": beta, "tfr": tfr}
         record["lr"] = lr
         if means is not None:
             record.update({f"train/{k}": v for k, v in means.items() if k != "kl_per_dim"})
             record["train/seq_per_s"] = seq_per_s
-            bar.set_postfix(loss=f"{means['loss']:.4f}", kld=f"{means['kld']:.3g}", beta=f"{b:.3g}", tfr=f"{tfr:.2f}")
+            bar.set_postfix(
+                loss=f"{means['loss']:.4f}", kld=f"{means['kld']:.3g}", beta=f"{beta:.3g}", tfr=f"{tfr:.2f}"
+            )
         self.tracker.log(record)
         return now
 
     # -- the end of an epoch: validate, record, log, save --------------------------------------
-    def _end_epoch(self, epoch: int, b: float, tfr: float) -> dict:
+    def _end_epoch(self, epoch: int, beta: float, tfr: float) -> dict:
         cfg, state = self.exp.train, self.state
-        record = self._epoch_record(epoch, b, tfr)
+        record = self._epoch_record(epoch, beta, tfr)
         last = epoch + 1 == cfg.epochs
         media: dict = {}
         improved = False
@@ -326,7 +328,7 @@ class Trainer:
             record.update(figures, **{"val/psnr_best": state.best_psnr})
             if state.validations % cfg.media_every == 1 or cfg.media_every == 1 or last:
                 media = self._media(f"epoch{epoch + 1:04d}")
-            tqdm.write(self._validation_line(record, epoch, b, tfr))
+            tqdm.write(self._validation_line(record, epoch, beta, tfr))
         if self.rt.world_size > 1:
             dist.barrier()
         record["time/elapsed_s"] = round(state.elapsed(), 2)
@@ -346,12 +348,12 @@ class Trainer:
             )
         return record
 
-    def _epoch_record(self, epoch: int, b: float, tfr: float) -> dict:
+    def _epoch_record(self, epoch: int, beta: float, tfr: float) -> dict:
         """The epoch's schedules and its training means (loss, MSE, KL, active units)."""
         record: dict = {
             "epoch": epoch + 1,
             "iter": self.state.iteration,
-            "beta": b,
+            "beta": beta,
             "tfr": tfr,
             "lr": self.parts.optimizer.param_groups[0]["lr"],
         }
@@ -362,7 +364,7 @@ class Trainer:
             record["kl/per_dim"] = [round(v, 6) for v in means["kl_per_dim"]]
         return record
 
-    def _validation_line(self, record: dict, epoch: int, b: float, tfr: float) -> str:
+    def _validation_line(self, record: dict, epoch: int, beta: float, tfr: float) -> str:
         gain = record.get("val/best_minus_mean")
         cfg = self.exp.train
         return (
@@ -370,7 +372,7 @@ class Trainer:
             f"(copy-last {record['val/psnr_copy_last']:.2f}, best {self.state.best_psnr:.2f})  "
             + (f"best-of-{cfg.val_samples} gain {gain:+.2f} dB  " if gain is not None else "")
             + f"kl {record['val/kl']:.3g} nats/step, {record['val/active_units']} active units  "
-            f"beta {b:.3g}  tfr {tfr:.2f}"
+            f"beta {beta:.3g}  tfr {tfr:.2f}"
         )
 
     @property

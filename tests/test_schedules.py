@@ -3,7 +3,7 @@ import math
 import pytest
 
 from svg.config import KL, Optim, TeacherForcing, Train
-from svg.schedules import beta, epoch_progress, learning_rate, teacher_forced_share, teacher_forcing_ratio
+from svg.schedules import beta_at, epoch_progress, learning_rate, teacher_forced_share, teacher_forcing_ratio
 
 
 def sigmoid(v):
@@ -15,7 +15,7 @@ def sigmoid(v):
     [(0, 0.0), (30, 0.2), (75, 0.5), (149, 149 / 150), (150, 1.0), (299, 1.0)],
 )
 def test_monotonic_rises_linearly_over_first_half(epoch, expected):
-    assert beta(epoch, 300, KL(mode="monotonic", ratio=0.5)) == pytest.approx(expected)
+    assert beta_at(epoch, 300, KL(mode="monotonic", ratio=0.5)) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
@@ -31,18 +31,18 @@ def test_monotonic_rises_linearly_over_first_half(epoch, expected):
     ],
 )
 def test_cyclical_three_cycles_of_sigmoid(epoch, expected):
-    assert beta(epoch, 300, KL(mode="cyclical", ratio=0.5, cycles=3)) == pytest.approx(expected)
+    assert beta_at(epoch, 300, KL(mode="cyclical", ratio=0.5, cycles=3)) == pytest.approx(expected)
 
 
 def test_cyclical_hand_values():
     kl = KL(mode="cyclical", ratio=0.5, cycles=3)
-    assert beta(0, 300, kl) == pytest.approx(0.0024726, rel=1e-4)
-    assert beta(40, 300, kl) == pytest.approx(0.9734030, rel=1e-6)
+    assert beta_at(0, 300, kl) == pytest.approx(0.0024726, rel=1e-4)
+    assert beta_at(40, 300, kl) == pytest.approx(0.9734030, rel=1e-6)
 
 
 def test_beta_max_scales_and_none_is_constant():
-    assert beta(75, 300, KL(mode="monotonic", beta_max=1e-4)) == pytest.approx(0.5e-4)
-    assert beta(0, 300, KL(mode="none", beta_max=0.3)) == 0.3
+    assert beta_at(75, 300, KL(mode="monotonic", beta_max=1e-4)) == pytest.approx(0.5e-4)
+    assert beta_at(0, 300, KL(mode="none", beta_max=0.3)) == 0.3
 
 
 @pytest.mark.parametrize(
@@ -66,11 +66,11 @@ def test_teacher_forcing_step_and_floor():
 def test_cyclical_at_fractional_epochs_follows_the_curve(epoch, expected):
     """10 epochs, 3 cycles: a cycle is 10/3 epochs and rises over its first 5/3; v = position / (5/3)."""
     kl = KL(mode="cyclical", ratio=0.5, cycles=3)
-    assert beta(epoch, 10, kl) == pytest.approx(expected, rel=1e-5)
+    assert beta_at(epoch, 10, kl) == pytest.approx(expected, rel=1e-5)
 
 
 def test_fractional_epochs_hand_values():
-    assert beta(1.25, 10, KL(mode="monotonic", ratio=0.5, beta_max=2.0)) == pytest.approx(0.5)
+    assert beta_at(1.25, 10, KL(mode="monotonic", ratio=0.5, beta_max=2.0)) == pytest.approx(0.5)
     assert teacher_forcing_ratio(4.5, 10, TeacherForcing(start_decay_epoch=4)) == pytest.approx(1 - 0.5 / 6)
 
 
