@@ -491,7 +491,7 @@ def summarize(ev: Evaluation, frames: int) -> Summary:
     )
 
 
-def validation_figures(summary: Summary) -> dict:
+def validation_record(summary: Summary) -> dict:
     """What a validation logs (``val/…``): PSNR over every predicted frame beside copy-last, and how
     the latent is used; with several samples also best-of-N, its paired gain and the samples' spread."""
     s, window = summary, summary.headline

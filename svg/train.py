@@ -26,7 +26,7 @@ from svg.checkpoint import CheckpointWriter, architecture_mismatch, load_latest,
 from svg.config import Experiment, to_yaml
 from svg.data import Prefetcher, ensure_synthetic, eval_batches, open_split, train_batches
 from svg.errors import Interrupted, SvgError
-from svg.evaluation import MEDIA_SAMPLES, MEDIA_SEQUENCES, evaluate, summarize, validation_figures
+from svg.evaluation import MEDIA_SAMPLES, MEDIA_SEQUENCES, evaluate, summarize, validation_record
 from svg.losses import active_units
 from svg.media import write_gif, write_strip
 from svg.models import SVG
@@ -322,10 +322,10 @@ class Trainer:
         media: dict = {}
         improved = False
         if self.rt.main and ((epoch + 1) % cfg.val_every == 0 or last):
-            figures = self._validate()
-            improved = figures["val/psnr"] > state.best_psnr
-            state.best_psnr = max(state.best_psnr, figures["val/psnr"])
-            record.update(figures, **{"val/psnr_best": state.best_psnr})
+            validation = self._validate()
+            improved = validation["val/psnr"] > state.best_psnr
+            state.best_psnr = max(state.best_psnr, validation["val/psnr"])
+            record.update(validation, **{"val/psnr_best": state.best_psnr})
             if state.validations % cfg.media_every == 1 or cfg.media_every == 1 or last:
                 media = self._media(f"epoch{epoch + 1:04d}")
             tqdm.write(self._validation_line(record, epoch, beta, tfr))
@@ -381,12 +381,12 @@ class Trainer:
         return self.model if self.ema is None else self.ema.module
 
     def _validate(self) -> dict:
-        """``train.val_samples`` samples per validation sequence, scored: the ``val/…`` figures."""
+        """``train.val_samples`` samples per validation sequence, scored: the ``val/…`` record."""
         cfg = self.exp.train
         batches = eval_batches(self.val_set, self.exp.val_batch_size, limit=cfg.val_sequences)
         ev = evaluate(self.scored_model, batches, cfg.n_past, cfg.val_samples, self.rt, cfg.seed, media_sequences=0)
         self.state.validations += 1
-        return validation_figures(summarize(ev, frames=ev.psnr.shape[1]))
+        return validation_record(summarize(ev, frames=ev.psnr.shape[1]))
 
     def _media(self, name: str) -> dict:
         """A GIF and a strip of ground truth, a sample and the best of several, for the first sequences."""
