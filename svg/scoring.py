@@ -204,9 +204,10 @@ def _log(tracker: Tracker, result: dict, summary: Summary, media: dict[str, Path
     scalars = {f"{split}/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
     scalars.update({f"{split}/long_horizon/{k}": v for k, v in result["long_horizon"].items()})
     lists = {f"{split}/{k}": v for k, v in result.items() if isinstance(v, list)}
-    per_frame = ["psnr_per_frame", "ssim_per_frame", "psnr_best_of_n_per_frame", "copy_last_psnr_per_frame"]
-    per_frame += ["lpips_per_frame"] if "lpips" in summary.metrics else []
-    curves = {f"{split}/{k}": (result[k], "predicted frame") for k in per_frame}
+    plotted = ["psnr", "ssim", "psnr_best_of_n", "copy_last_psnr"] + (["lpips"] if "lpips" in summary.metrics else [])
+    curves = {
+        f"{split}/{name}_per_frame": (getattr(summary.per_frame, name).mean, "predicted frame") for name in plotted
+    }
     columns = ["figure", "horizon", "mean", "ci95", "best_of_n", "copy_last"]
     rows = [
         [
