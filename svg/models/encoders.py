@@ -116,6 +116,11 @@ def _with_condition(maps: ConditionMaps, x: torch.Tensor, cond: torch.Tensor | N
     return torch.cat([x, maps(x, cond)], 1)
 
 
+def _normalized(conv: nn.Conv2d | nn.ConvTranspose2d) -> nn.Sequential:
+    """A convolution, then BatchNorm per step and a leaky ReLU: the layer every encoder and decoder is built of."""
+    return nn.Sequential(conv, StepBatchNorm2d(conv.out_channels), nn.LeakyReLU(0.2, inplace=True))
+
+
 def _encoder_head(cin: int, g_dim: int) -> nn.Sequential:
     """4x4 features -> the g_dim frame code, squashed to (-1, 1)."""
     return nn.Sequential(nn.Conv2d(cin, g_dim, 4, 1, 0), StepBatchNorm2d(g_dim), nn.Tanh())
@@ -123,13 +128,11 @@ def _encoder_head(cin: int, g_dim: int) -> nn.Sequential:
 
 def _decoder_head(g_dim: int, cout: int) -> nn.Sequential:
     """The g_dim frame code -> 4x4 features."""
-    return nn.Sequential(
-        nn.ConvTranspose2d(g_dim, cout, 4, 1, 0), StepBatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True)
-    )
+    return _normalized(nn.ConvTranspose2d(g_dim, cout, 4, 1, 0))
 
 
 def _vgg_layer(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1), StepBatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
+    return _normalized(nn.Conv2d(cin, cout, 3, 1, 1))
 
 
 class VGGEncoder(nn.Module):
@@ -180,11 +183,11 @@ class VGGDecoder(nn.Module):
 
 
 def _down(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1), StepBatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
+    return _normalized(nn.Conv2d(cin, cout, 4, 2, 1))
 
 
 def _up(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, 2, 1), StepBatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
+    return _normalized(nn.ConvTranspose2d(cin, cout, 4, 2, 1))
 
 
 class DCGANEncoder(nn.Module):
