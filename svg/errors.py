@@ -8,6 +8,14 @@ class SvgError(Exception):
     """Bad input (config, data, arguments, files). The message is one line naming what is wrong."""
 
 
+class DataError(SvgError):
+    """Bad or missing data; the message names the path and what was expected there."""
+
+
+class DataWarning(UserWarning):
+    """A bad sequence skipped because the caller asked for skip_bad."""
+
+
 class Interrupted(Exception):
     """SIGINT/SIGTERM arrived during training; a checkpoint was written and the run can be resumed."""
 

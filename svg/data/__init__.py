@@ -6,8 +6,8 @@ The loaders (which need torch) are imported on first use, so `prepare_data.py` s
 from svg.data.bair import convert as convert_tfrecords
 from svg.data.cache import pack
 from svg.data.course import COND_DIM, CONDITIONS, FRAME_SHAPE, SEQ_LEN, SPLITS
-from svg.data.errors import DataError, DataWarning
 from svg.data.synthetic import ensure_synthetic, holds_other_data
+from svg.errors import DataError, DataWarning
 
 _LOADERS = ("CacheDataset", "CourseDataset", "eval_batches", "open_split", "Prefetcher", "train_batches")
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from svg.data import cache
 from svg.data.course import ACTION_DIM, FRAME_SHAPE, POSITION_DIM, SEQ_LEN, natural_key, write_sequence
-from svg.data.errors import DataError
+from svg.errors import DataError
 
 IMAGE_KEY = "{}/image_aux1/encoded"
 ACTION_KEY = "{}/action"

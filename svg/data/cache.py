@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from svg.data.course import COND_DIM, FRAME_SHAPE, SEQ_LEN, SPLITS, natural_key, read_frames, scan_split
-from svg.data.errors import DataError, DataWarning
+from svg.errors import DataError, DataWarning
 
 CACHE_DIR = ".cache"
 _FORMAT = 1

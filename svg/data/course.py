@@ -17,7 +17,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
-from svg.data.errors import DataError, DataWarning
+from svg.errors import DataError, DataWarning
 
 SPLITS = ("train", "validate", "test")
 SEQ_LEN = 30

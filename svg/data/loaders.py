@@ -18,7 +18,7 @@ import torch.utils.data
 
 from svg.data import cache
 from svg.data.course import CONDITIONS, FRAME_SHAPE, SEQ_LEN, SPLITS, read_frames, scan_split
-from svg.data.errors import DataError
+from svg.errors import DataError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -27,10 +27,10 @@ import numpy as np
 
 from svg.data import cache
 from svg.data.course import SEQ_LEN, SPLITS
-from svg.data.errors import DataError
 from svg.data.render import draw, expose
 from svg.data.scene import HIDDEN_WIDTH, hidden_draws, simulate
 from svg.data.synthetic import GENERATOR_VERSION, STREAMS, sequence_streams
+from svg.errors import DataError
 
 MIN_MSE = 1e-10  # as svg.metrics: a perfect frame scores 100 dB
 HEADLINE_FRAMES = 10  # the seed's test protocol averages the first 10 predicted frames

@@ -23,9 +23,9 @@ import numpy as np
 
 from svg.data import cache
 from svg.data.course import SEQ_LEN, SPLITS, write_sequence
-from svg.data.errors import DataError
 from svg.data.render import render
 from svg.data.scene import SIZE, hidden_draws, simulate
+from svg.errors import DataError
 
 GENERATOR_VERSION = 3
 MARKER = ".synthetic.json"
