@@ -51,8 +51,7 @@ def headline(summary: Summary) -> str:
         f"{s.horizon} frames: PSNR {lh.psnr.mean:.2f}, best of {n} {lh.psnr_best_of_n.mean:.2f} "
         f"(gain {lh.best_minus_mean.mean:+.2f} ± {lh.best_minus_mean.ci95:.2f}), "
         f"copy-last {lh.copy_last_psnr.mean:.2f}; "
-        f"latent: {s.active_units} active unit{'' if s.active_units == 1 else 's'}, KL {s.kl:.3g} nats/step, "
-        f"z use {s.z_use.mean:.2g}, "
+        f"latent: active units {s.active_units}, KL {s.kl:.3g} nats/step, z use {s.z_use.mean:.2g}, "
         f"sample spread {s.sample_diversity:.3f}; {s.n_sequences} sequences"
         + (
             f"; LPIPS {h.lpips.mean:.3f} (best of {n} {h.lpips_best_of_n.mean:.3f}, "

@@ -366,13 +366,12 @@ class Trainer:
 
     def _validation_line(self, record: dict, epoch: int, beta: float, tfr: float) -> str:
         gain = record.get("val/best_minus_mean")
-        units = record["val/active_units"]
         cfg = self.exp.train
         return (
             f"epoch {epoch + 1}/{cfg.epochs}  val psnr {record['val/psnr']:.2f} dB "
             f"(copy-last {record['val/psnr_copy_last']:.2f}, best {self.state.best_psnr:.2f})  "
             + (f"best-of-{cfg.val_samples} gain {gain:+.2f} dB  " if gain is not None else "")
-            + f"kl {record['val/kl']:.3g} nats/step, {units} active unit{'' if units == 1 else 's'}  "
+            + f"kl {record['val/kl']:.3g} nats/step, active units {record['val/active_units']}  "
             f"beta {beta:.3g}  tfr {tfr:.2f}"
         )
 
