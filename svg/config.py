@@ -38,6 +38,11 @@ class Data(Section):
         description="what the model is told per step: the action and the arm's position (the seed), the action "
         "alone, or nothing (action-free, as in the SVG paper)",
     )
+    window: Literal["first", "random"] = Field(
+        "first",
+        description="which frames of a training sequence a step sees: its first n_past + n_future (the seed), or "
+        "that many from a start drawn per sequence and step",
+    )
     n_train: int = Field(2000, gt=0, description="synthetic training sequences to generate")
     n_val: int = Field(128, gt=0, description="synthetic validation sequences to generate")
     n_test: int = Field(256, gt=0, description="synthetic test sequences to generate")

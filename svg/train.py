@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from svg.checkpoint import CheckpointWriter, architecture_mismatch, load_latest, rng_state, set_rng_state
 from svg.config import Experiment, to_yaml
-from svg.data import Prefetcher, ensure_synthetic, eval_batches, open_split, train_batches
+from svg.data import Prefetcher, ensure_synthetic, eval_batches, open_split, train_batches, training_clips
 from svg.errors import Interrupted, SvgError
 from svg.evaluation import MEDIA_SAMPLES, MEDIA_SEQUENCES, evaluate, summarize, validation_record
 from svg.losses import active_units
@@ -236,7 +236,10 @@ class Trainer:
                 for group in self.parts.optimizer.param_groups:
                     group["lr"] = learning_rate(state.iteration, total, exp.optim)
                 frames, cond = next(batches)
-                frames, cond, batch = frames[:, : self.seq_len], cond[:, : self.seq_len], frames.shape[0]
+                frames, cond = training_clips(
+                    frames, cond, self.seq_len, exp.data.window == "random", cfg.seed, state.iteration, rt.rank
+                )
+                batch = frames.shape[0]
                 teacher_forcing = bool(torch.rand((), generator=state.tf_gen) < tfr)  # a Python bool: one graph each
                 eps = torch.randn(self.seq_len - 1, batch, exp.model.z_dim, device=rt.device)
                 fig = self.step(StepInput(frames, cond, eps, cfg.n_past, teacher_forcing, beta))

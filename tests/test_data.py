@@ -21,7 +21,7 @@ from tfrecord.writer import TFRecordWriter
 from svg.data import DataError, DataWarning, convert_tfrecords, ensure_synthetic, open_split, pack
 from svg.data.bair import split_files
 from svg.data.course import encode_png, write_sequence
-from svg.data.loaders import CacheDataset, CourseDataset, eval_batches, train_batches
+from svg.data.loaders import CacheDataset, CourseDataset, eval_batches, train_batches, training_clips
 from svg.data.oracle import oracle_error
 from svg.data.render import render
 from svg.data.scene import FINGER_GREY, LIGHT_LEVELS, hidden_draws, simulate
@@ -534,6 +534,28 @@ def test_train_batches_reproducible_resumable_and_sharded():
         assert all(len(s) == 6 for s in seen) and len(set(sum(seen, []))) == 18
     with pytest.raises(DataError, match="cannot fill"):
         train_batches(data, 8, seed=1, world_size=3)
+
+
+def test_training_clips_are_contiguous_windows_drawn_reproducibly():
+    frames = torch.arange(6 * 30, dtype=torch.int32).reshape(6, 30, 1, 1, 1).expand(6, 30, 2, 2, 3)
+    cond = torch.arange(6 * 30, dtype=torch.float32).reshape(6, 30, 1).expand(6, 30, 7)
+    first, first_cond = training_clips(frames, cond, 12, False, seed=1, batch_index=0)
+    assert torch.equal(first, frames[:, :12]) and torch.equal(first_cond, cond[:, :12])
+
+    clips, clip_cond = training_clips(frames, cond, 12, True, seed=1, batch_index=3)
+    ids = clips[:, :, 0, 0, 0]
+    starts = ids[:, 0] - torch.arange(6) * 30
+    assert clips.shape == (6, 12, 2, 2, 3) and torch.equal(clip_cond[:, :, 0], ids.float())
+    assert torch.equal(ids, ids[:, :1] + torch.arange(12))  # 12 consecutive frames of the same sequence
+    assert ((starts >= 0) & (starts <= 18)).all()
+    assert torch.equal(clips, training_clips(frames, cond, 12, True, seed=1, batch_index=3)[0])  # resume draws it again
+    draws = {
+        tuple(training_clips(frames, cond, 12, True, seed=1, batch_index=k)[0][:, 0, 0, 0, 0].tolist())
+        for k in range(20)
+    }
+    assert len(draws) == 20  # a new start per step
+    every_start = torch.cat([training_clips(frames, cond, 12, True, 2, k)[0][:, 0, 0, 0, 0] % 30 for k in range(200)])
+    assert set(every_start.tolist()) == set(range(19))  # every window of the 30 frames occurs
 
 
 def test_eval_batches_in_order_with_limit():

@@ -9,7 +9,15 @@ from svg.data.course import COND_DIM, CONDITIONS, FRAME_SHAPE, SEQ_LEN, SPLITS
 from svg.data.synthetic import ensure_synthetic, holds_other_data
 from svg.errors import DataError, DataWarning
 
-_LOADERS = ("CacheDataset", "CourseDataset", "eval_batches", "open_split", "Prefetcher", "train_batches")
+_LOADERS = (
+    "CacheDataset",
+    "CourseDataset",
+    "eval_batches",
+    "open_split",
+    "Prefetcher",
+    "train_batches",
+    "training_clips",
+)
 
 __all__ = [
     "COND_DIM",

@@ -180,6 +180,31 @@ def train_batches(
     return _load(dataset, order, num_workers)
 
 
+def training_clips(
+    frames: torch.Tensor,
+    cond: torch.Tensor,
+    length: int,
+    random_start: bool,
+    seed: int,
+    batch_index: int,
+    rank: int = 0,
+) -> Batch:
+    """The `length` frames of each sequence one training step sees: the first ones, or from a start drawn per
+    sequence, a pure function of (seed, batch index, rank) so that a resumed run draws what it would have."""
+    if not random_start:
+        return frames[:, :length], cond[:, :length]
+    starts = np.random.default_rng([seed, batch_index, rank, _CLIP_STREAM]).integers(
+        0, frames.shape[1] - length + 1, size=frames.shape[0]
+    )
+    steps = torch.as_tensor(starts[:, None] + np.arange(length))
+    rows = torch.arange(frames.shape[0])[:, None]
+    return frames[rows, steps], cond[rows, steps]
+
+
+_CLIP_STREAM = 7
+"""Keeps the clips' starts apart from the epochs' shuffles, which default_rng([seed, epoch]) draws."""
+
+
 def eval_batches(
     dataset: torch.utils.data.Dataset, batch_size: int, limit: int | None = None, num_workers: int = 0
 ) -> Iterator[Batch]:
