@@ -87,6 +87,12 @@ class Model(Section):
         "end-effector position (x, y, z) puts the arm in the image, starting from x, y read as image coordinates "
         "(needs data.conditions=action+position; not in SVG or the seed)",
     )
+    shifted_copy: bool = Field(
+        False,
+        description="with model.composite and model.position_spots, the mask may also copy the skips' frame moved "
+        "by the arm's displacement in the image since that frame, so the gripper is carried along rather than "
+        "redrawn (not in SVG or the seed)",
+    )
     predictor_batchnorm: bool = Field(
         True,
         description="BatchNorm1d before the frame predictor's tanh, as the seed's text has it (the original SVG "
@@ -230,6 +236,11 @@ class Experiment(BaseModel):
         if self.model.position_spots and self.data.conditions != "action+position":
             raise ValueError(
                 f"model.position_spots needs the end-effector position, but data.conditions = {self.data.conditions!r}"
+            )
+        if self.model.shifted_copy and not (self.model.composite and self.model.position_spots):
+            raise ValueError(
+                "model.shifted_copy moves the copied frame by the arm's displacement: it needs model.composite and "
+                f"model.position_spots, but they are {self.model.composite} and {self.model.position_spots}"
             )
         return self
 

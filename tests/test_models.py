@@ -105,13 +105,19 @@ def test_fast_step_fp32_gradients_are_float64_s_to_rounding(teacher_forcing):
 @pytest.mark.parametrize("encoder", ["dcgan64", "vgg64"])
 @pytest.mark.parametrize("teacher_forcing", [True, False])
 @pytest.mark.parametrize(
-    ("decoder_condition", "composite", "spots"), [(True, False, False), (False, True, False), (True, True, True)]
+    ("decoder_condition", "composite", "spots", "shifted"),
+    [(True, False, False, False), (False, True, False, False), (True, True, True, False), (False, True, True, True)],
 )
 def test_fast_step_matches_the_reference_with_the_departures(
-    encoder, teacher_forcing, decoder_condition, composite, spots
+    encoder, teacher_forcing, decoder_condition, composite, spots, shifted
 ):
     torch.manual_seed(0)
-    departures = {"decoder_condition": decoder_condition, "composite": composite, "position_spots": spots}
+    departures = {
+        "decoder_condition": decoder_condition,
+        "composite": composite,
+        "position_spots": spots,
+        "shifted_copy": shifted,
+    }
     model = small_model(encoder, prior="learned", **departures).double()
     x, c, eps = torch.rand(5, 3, 3, 64, 64).double(), torch.randn(5, 3, 7).double(), torch.randn(4, 3, 4).double()
     fast, fast_grads, ref, ref_grads = _both_steps(model, x, c, eps, teacher_forcing)
@@ -185,6 +191,32 @@ def test_a_composite_decoder_whose_mask_is_one_copies_the_frame_its_skips_come_f
     torch.testing.assert_close(model.predict(x, c, n_past=3), expected, rtol=0, atol=1e-6)
     final.bias.data[3] = -60.0  # mask 0: the painting alone
     torch.testing.assert_close(model.predict(x, c, n_past=3), torch.full_like(pred, 0.5), rtol=0, atol=1e-7)
+
+
+def test_a_shifted_copy_carries_the_frame_along_with_the_arm():
+    """With the mask and the moving share saturated at 1, every prediction is the last context frame moved by the
+    arm's displacement since it: x from 0 to 0.25 is 8 px right at 64 px, x back to 0 is the frame as it was; the
+    columns the shift uncovers repeat the edge. A new model's moving share starts at sigmoid(-2)."""
+    torch.manual_seed(0)
+    model = small_model("dcgan64", composite=True, position_spots=True, shifted_copy=True).double().eval()
+    final = model.decoder.blocks[-1][0]
+    assert final.bias[4].item() == -2.0
+    with torch.no_grad():
+        final.weight.zero_()
+        final.bias.copy_(torch.tensor([0.5, 0.5, 0.5, 60.0, 60.0]))
+    x, c = torch.rand(5, 2, 3, 64, 64).double(), torch.zeros(5, 2, 7).double()
+    c[2:4, :, 4] = 0.25  # the arm 8 px right of where it was in the last context frame, then back
+    pred = model.predict(x, c, n_past=2)
+    last = x[1].float()
+    for step in (0, 1):
+        torch.testing.assert_close(pred[step, ..., 8:], last[..., :-8], rtol=0, atol=1e-6)
+        torch.testing.assert_close(pred[step, ..., :8], last[..., :1].expand(-1, -1, -1, 8), rtol=0, atol=1e-6)
+    torch.testing.assert_close(pred[2], last, rtol=0, atol=1e-6)
+
+
+def test_a_shifted_copy_needs_a_composite_decoder_with_spots():
+    with pytest.raises(ConfigError, match=r"model.shifted_copy.*model.composite and model.position_spots"):
+        load_experiment("cpu", {"model.shifted_copy": True, "model.position_spots": False})
 
 
 def test_predictor_batchnorm_is_an_option_on_in_the_seed_off_in_svg():

@@ -61,6 +61,12 @@ SPOT_WIDTHS = (0.08, 0.2)
 position spots; each is learned."""
 
 
+def pixel_centres(size: int, like: torch.Tensor) -> torch.Tensor:
+    """The centres of ``size`` pixels along one axis in the image's (-1, 1) coordinates (grid_sample's, with
+    align_corners=False)."""
+    return torch.linspace(-1 + 1 / size, 1 - 1 / size, size, device=like.device, dtype=like.dtype)
+
+
 class ConditionMaps(nn.Module):
     """(N, C) condition -> the maps a decoder sees at each scale, (N, channels, h, w).
 
@@ -84,18 +90,22 @@ class ConditionMaps(nn.Module):
     def channels(self) -> int:
         return (self.cond_dim + 2 if self.tiled else 0) + (len(SPOT_WIDTHS) if self.position is not None else 0)
 
+    def image_position(self, cond: torch.Tensor) -> torch.Tensor:
+        """(N, 2): x, y in the image's (-1, 1) coordinates where the learned map puts the arm, in the map's own
+        precision (not autocast: a sub-pixel place)."""
+        weight = self.to_image.weight
+        position = cond[:, self.position].to(weight.dtype)
+        return (position[:, None, :] * weight).sum(-1) + self.to_image.bias
+
     def forward(self, like: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         n, _, h, w = like.shape
-        ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=like.device, dtype=like.dtype)
-        xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=like.device, dtype=like.dtype)
+        ys, xs = pixel_centres(h, like), pixel_centres(w, like)
         maps = []
         if self.tiled:
             grid = torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)])
             maps += [cond.to(like.dtype)[:, :, None, None].expand(n, self.cond_dim, h, w), grid.expand(n, 2, h, w)]
         if self.position is not None:
-            weight, dtype = self.to_image.weight, self.to_image.weight.dtype  # not autocast: sub-pixel precision
-            position = cond[:, self.position].to(dtype)
-            centre = (position[:, None, :] * weight).sum(-1) + self.to_image.bias  # (N, 2): x, y
+            centre, dtype = self.image_position(cond), self.to_image.weight.dtype
             dx2 = (xs.to(dtype).view(1, 1, w) - centre[:, 0, None, None]) ** 2  # (N, 1, w)
             dy2 = (ys.to(dtype).view(1, h, 1) - centre[:, 1, None, None]) ** 2  # (N, h, 1)
             inv = 0.5 * torch.exp(-2 * self.log_width).view(1, -1, 1, 1)

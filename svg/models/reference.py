@@ -29,7 +29,7 @@ def reference_step(
             skip = own_skip
         g, kl, states = model.latent_step(h_target, h_prev, cond[t], eps[t - 1], states)
         kls.append(kl)
-        x_pred = model.decode(g, skip, cond[t])
+        x_pred = model.decode(g, skip, cond[t], cond[model.skip_source(t, n_past)])
         preds.append(x_pred)
         mse = mse + reconstruction(x_pred, x[t])
     return model.result(mse, kls, torch.stack(preds), x)

@@ -17,13 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from svg.config import Experiment, Model
 from svg.data import COND_DIM, CONDITIONS
 from svg.data.course import ACTION_DIM
 from svg.losses import INITIAL_LOG_SCALE, kl_between_gaussians, kl_to_standard_normal, likelihood_nll, reconstruction
-from svg.models.encoders import ARCHITECTURES, ConditionMaps, per_step_statistics
+from svg.models.encoders import ARCHITECTURES, ConditionMaps, per_step_statistics, pixel_centres
 from svg.models.lstm import FramePredictor, GaussianLSTM, reparameterize
 
 
@@ -64,16 +65,20 @@ class StepResult:
 
 
 MASK_START_LOGIT = 2.0
+SHIFT_START_LOGIT = -2.0
 POSITION_COLUMNS = slice(ACTION_DIM, COND_DIM)
 """The end-effector position (x, y, z) within the action+position condition."""
 
 
 def _start_the_mask_copying(decoder: nn.Module) -> None:
     """Start a compositing decoder's mask at sigmoid(2) = 0.88 everywhere: most of a frame does not change, and a
-    mask that starts at 0.5 settles at a veil of painting over a static scene."""
+    mask that starts at 0.5 settles at a veil of painting over a static scene. A shifted copy starts mostly
+    unmoved (sigmoid(-2) = 0.12): only the arm moves with the arm."""
     final = [m for m in decoder.blocks[-1].modules() if isinstance(m, nn.ConvTranspose2d)][-1]
     with torch.no_grad():
         final.bias[3] = MASK_START_LOGIT
+        if final.out_channels > 4:
+            final.bias[4] = SHIFT_START_LOGIT
 
 
 class SVG(nn.Module):
@@ -84,10 +89,15 @@ class SVG(nn.Module):
         self.composite = cfg.composite
         if cfg.position_spots and cond_dim < COND_DIM:
             raise ValueError("model.position_spots needs the end-effector position: data.conditions=action+position")
+        if cfg.shifted_copy and not (cfg.composite and cfg.position_spots):
+            raise ValueError("model.shifted_copy needs model.composite and model.position_spots")
+        self.shifted_copy = cfg.shifted_copy
         condition = ConditionMaps(
             cond_dim, tiled=cfg.decoder_condition, position=POSITION_COLUMNS if cfg.position_spots else None
         )
-        self.decoder = decoder(cfg.g_dim, cfg.channels, condition, 4 if cfg.composite else 3)  # 4: frame and mask
+        # a frame, then the mask and the share of the copy that moves with the arm
+        out_channels = 3 + cfg.composite + cfg.shifted_copy
+        self.decoder = decoder(cfg.g_dim, cfg.channels, condition, out_channels)
         if cfg.composite:
             _start_the_mask_copying(self.decoder)
         self.predictor = FramePredictor(
@@ -134,23 +144,50 @@ class SVG(nn.Module):
             h, skips = self.encode(x.flatten(0, 1))
         return h.view(t, b, -1), [s.view(t, b, *s.shape[1:]) for s in skips]
 
-    def decode(self, g: torch.Tensor, skips: list[torch.Tensor], cond_t: torch.Tensor) -> torch.Tensor:
+    def decode(
+        self, g: torch.Tensor, skips: list[torch.Tensor], cond_t: torch.Tensor, source_cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One step's frame from its code g (B, g), skips and condition (B, C); the decoder sees the
         condition only when built with ``model.decoder_condition``. With ``model.composite`` it paints a
-        frame and a mask m, and the prediction is m * (the skips' frame) + (1 - m) * painting."""
+        frame and a mask m, and the prediction is m * (the skips' frame) + (1 - m) * painting. With
+        ``model.shifted_copy`` the copied frame is itself a blend of the skips' frame and that frame moved by the
+        arm's displacement from ``source_cond`` (the condition of the frame the skips come from) to ``cond_t``."""
         cond = cond_t if self.decoder.condition.channels else None
         if not self.composite:
             return self.decoder(g, skips, cond)
         frame = skips[-1]
         out = self.decoder(g, skips[:-1], cond).to(frame.dtype)  # blended at the frame's precision
-        return torch.lerp(out[:, :3], frame, out[:, 3:])
+        if self.shifted_copy:
+            if source_cond is None:
+                raise ValueError("a shifted copy needs the condition of the frame the skips come from")
+            frame = torch.lerp(frame, self._moved_with_the_arm(frame, cond_t, source_cond), out[:, 4:5])
+        return torch.lerp(out[:, :3], frame, out[:, 3:4])
 
-    def decode_steps(self, g: torch.Tensor, skips: list[torch.Tensor], cond: torch.Tensor) -> torch.Tensor:
-        """Decode (T, B, g) with skips (T, B, C, h, w) and conditions (T, B, C) as one batch, statistics per step."""
+    def _moved_with_the_arm(self, frame: torch.Tensor, cond_t: torch.Tensor, source_cond: torch.Tensor) -> torch.Tensor:
+        """``frame`` (N, 3, H, W) translated by where the arm is at ``cond_t`` less where it was at ``source_cond``
+        (the spots' learned image map), resampled bilinearly; beyond the border the edge pixels repeat."""
+        maps = self.decoder.condition
+        shift = (maps.image_position(cond_t) - maps.image_position(source_cond)).to(frame.dtype)
+        n, _, h, w = frame.shape
+        ys, xs = torch.meshgrid(pixel_centres(h, frame), pixel_centres(w, frame), indexing="ij")
+        grid = torch.stack([xs, ys], -1)[None] - shift[:, None, None, :]  # sample where each pixel came from
+        return F.grid_sample(frame, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def decode_steps(
+        self, g: torch.Tensor, skips: list[torch.Tensor], cond: torch.Tensor, source_cond: torch.Tensor
+    ) -> torch.Tensor:
+        """Decode (T, B, g) with skips (T, B, C, h, w), conditions (T, B, C) and the conditions of the frames the
+        skips come from (T, B, C) as one batch, statistics per step."""
         t, b = g.shape[:2]
         with per_step_statistics(self.decoder, t):
-            out = self.decode(g.flatten(0, 1), [s.flatten(0, 1) for s in skips], cond.flatten(0, 1))
+            flat = [s.flatten(0, 1) for s in skips]
+            out = self.decode(g.flatten(0, 1), flat, cond.flatten(0, 1), source_cond.flatten(0, 1))
         return out.view(t, b, *out.shape[1:])
+
+    def skip_source(self, t: int, n_past: int) -> int:
+        """The frame whose skips step t decodes with: the one before with ``last_frame_skip``, else the one before
+        while it is a context frame, then the last context frame."""
+        return t - 1 if self.last_frame_skip else min(t - 1, n_past - 1)
 
     def initial_states(self, batch: int, device: torch.device) -> tuple:
         """(posterior, learned prior or None, predictor) LSTM states at the start of a sequence."""
@@ -207,7 +244,7 @@ class SVG(nn.Module):
             index = torch.arange(steps - 1, device=x.device)
             index = index if self.last_frame_skip else index.clamp_max(n_past - 1)
             # plain indexing keeps the skips' memory format (index_select would return them contiguous)
-            pred = self.decode_steps(torch.stack(gs), [s[index] for s in skips_gt], cond[1:])
+            pred = self.decode_steps(torch.stack(gs), [s[index] for s in skips_gt], cond[1:], cond[index])
             mse = reconstruction(pred, x[1:]) * (steps - 1)  # every step has as many pixels: sum of step means
         else:
             mse, x_prev, skip, preds = x.new_zeros(()), None, None, []
@@ -215,7 +252,7 @@ class SVG(nn.Module):
                 h_prev, skip = self.input_frame(t, n_past, h_gt, skips_gt, x_prev, skip)
                 g, kl, states = self.latent_step(h_gt[t], h_prev, cond[t], eps[t - 1], states, from_prior)
                 kls.append(kl)
-                x_prev = self.decode(g, skip, cond[t])
+                x_prev = self.decode(g, skip, cond[t], cond[self.skip_source(t, n_past)])
                 preds.append(x_prev)
                 mse = mse + reconstruction(x_prev, x[t])
             pred = torch.stack(preds)
@@ -256,6 +293,6 @@ class SVG(nn.Module):
             z = reparameterize(mu, logvar, noise.to(mu.dtype))
             g, pred_state = self.predictor(torch.cat([cond[t], h_prev, z], 1), pred_state)
             if t >= n_past:
-                x_prev = self.decode(g, skip, cond[t])
+                x_prev = self.decode(g, skip, cond[t], cond[self.skip_source(t, n_past)])
                 outputs.append(x_prev.float())
         return torch.stack(outputs)
