@@ -99,6 +99,15 @@ class Model(Section):
         "code leaves it out)",
     )
 
+    @model_validator(mode="after")
+    def _shift_what_is_copied_where_the_arm_is(self) -> Model:
+        if self.shifted_copy and not (self.composite and self.position_spots):
+            raise ValueError(
+                "model.shifted_copy moves the copied frame by the arm's displacement: it needs model.composite and "
+                f"model.position_spots, but they are {self.composite} and {self.position_spots}"
+            )
+        return self
+
 
 class KL(Section):
     mode: Literal["monotonic", "cyclical", "none"] = Field("monotonic", description="KL annealing schedule for beta")
@@ -236,11 +245,6 @@ class Experiment(BaseModel):
         if self.model.position_spots and self.data.conditions != "action+position":
             raise ValueError(
                 f"model.position_spots needs the end-effector position, but data.conditions = {self.data.conditions!r}"
-            )
-        if self.model.shifted_copy and not (self.model.composite and self.model.position_spots):
-            raise ValueError(
-                "model.shifted_copy moves the copied frame by the arm's displacement: it needs model.composite and "
-                f"model.position_spots, but they are {self.model.composite} and {self.model.position_spots}"
             )
         return self
 

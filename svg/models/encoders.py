@@ -61,12 +61,6 @@ SPOT_WIDTHS = (0.08, 0.2)
 position spots; each is learned."""
 
 
-def pixel_centres(size: int, like: torch.Tensor) -> torch.Tensor:
-    """The centres of ``size`` pixels along one axis in the image's (-1, 1) coordinates (grid_sample's, with
-    align_corners=False)."""
-    return torch.linspace(-1 + 1 / size, 1 - 1 / size, size, device=like.device, dtype=like.dtype)
-
-
 class ConditionMaps(nn.Module):
     """(N, C) condition -> the maps a decoder sees at each scale, (N, channels, h, w).
 
@@ -99,7 +93,8 @@ class ConditionMaps(nn.Module):
 
     def forward(self, like: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         n, _, h, w = like.shape
-        ys, xs = pixel_centres(h, like), pixel_centres(w, like)
+        ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=like.device, dtype=like.dtype)
+        xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=like.device, dtype=like.dtype)
         maps = []
         if self.tiled:
             grid = torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)])

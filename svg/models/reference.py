@@ -20,16 +20,16 @@ def reference_step(
     states = model.initial_states(batch, x.device)
     mse = x.new_zeros(())
     kls, preds = [], []
-    x_pred, skip = None, None
+    x_pred, skip, source = None, None, None
     for t in range(1, steps):
         h_target = model.encode(x[t])[0]
         given = teacher_forcing or t - 1 < n_past
         h_prev, own_skip = model.encode(x[t - 1] if given else x_pred)
         if model.last_frame_skip or t - 1 < n_past:
-            skip = own_skip
+            skip, source = own_skip, cond[t - 1]
         g, kl, states = model.latent_step(h_target, h_prev, cond[t], eps[t - 1], states)
         kls.append(kl)
-        x_pred = model.decode(g, skip, cond[t], cond[model.skip_source(t, n_past)])
+        x_pred = model.decode(g, skip, cond[t], source)
         preds.append(x_pred)
         mse = mse + reconstruction(x_pred, x[t])
     return model.result(mse, kls, torch.stack(preds), x)

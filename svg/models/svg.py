@@ -24,7 +24,7 @@ from svg.config import Experiment, Model
 from svg.data import COND_DIM, CONDITIONS
 from svg.data.course import ACTION_DIM
 from svg.losses import INITIAL_LOG_SCALE, kl_between_gaussians, kl_to_standard_normal, likelihood_nll, reconstruction
-from svg.models.encoders import ARCHITECTURES, ConditionMaps, per_step_statistics, pixel_centres
+from svg.models.encoders import ARCHITECTURES, ConditionMaps, per_step_statistics
 from svg.models.lstm import FramePredictor, GaussianLSTM, reparameterize
 
 
@@ -89,8 +89,6 @@ class SVG(nn.Module):
         self.composite = cfg.composite
         if cfg.position_spots and cond_dim < COND_DIM:
             raise ValueError("model.position_spots needs the end-effector position: data.conditions=action+position")
-        if cfg.shifted_copy and not (cfg.composite and cfg.position_spots):
-            raise ValueError("model.shifted_copy needs model.composite and model.position_spots")
         self.shifted_copy = cfg.shifted_copy
         condition = ConditionMaps(
             cond_dim, tiled=cfg.decoder_condition, position=POSITION_COLUMNS if cfg.position_spots else None
@@ -168,9 +166,9 @@ class SVG(nn.Module):
         (the spots' learned image map), resampled bilinearly; beyond the border the edge pixels repeat."""
         maps = self.decoder.condition
         shift = (maps.image_position(cond_t) - maps.image_position(source_cond)).to(frame.dtype)
-        n, _, h, w = frame.shape
-        ys, xs = torch.meshgrid(pixel_centres(h, frame), pixel_centres(w, frame), indexing="ij")
-        grid = torch.stack([xs, ys], -1)[None] - shift[:, None, None, :]  # sample where each pixel came from
+        identity = torch.eye(2, dtype=frame.dtype, device=frame.device).expand(len(frame), 2, 2)
+        theta = torch.cat([identity, -shift[:, :, None]], 2)  # each pixel samples where it came from
+        grid = F.affine_grid(theta, list(frame.shape), align_corners=False)
         return F.grid_sample(frame, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     def decode_steps(
