@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def go() -> None:
-        from svg.scoring import EvaluationOptions, default_output, evaluate_checkpoint, headline
+        from svg.scoring import EvaluationOptions, default_output, evaluate_checkpoint
 
         opts = EvaluationOptions(
             split=args.split,
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         out = args.out or default_output(args.checkpoint, args.split)
         summary = evaluate_checkpoint(args.checkpoint, out, opts)
-        print(f"{args.split}: {headline(summary)}; results in {out}")
+        print(f"{args.split}: {summary.describe()}; results in {out}")
 
     return run_cli("evaluate.py", go)
 

@@ -16,6 +16,7 @@ import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
 
@@ -37,6 +38,17 @@ MEDIA_SAMPLES = 5
 
 Z95 = 1.96
 """Normal quantile of a two-sided 95% interval."""
+
+# The names other modules read figures by: fields of ``Window`` and ``Summary``, keys of the evaluation JSON and,
+# as ``SPLIT/<protocol>/NAME``, of the W&B summary the study reads. Renaming a figure is a change in this module.
+PSNR, SSIM, LPIPS = "psnr", "ssim", "lpips"
+PSNR_BEST_OF_N = "psnr_best_of_n"
+COPY_LAST_PSNR = "copy_last_psnr"
+BEST_MINUS_MEAN = "best_minus_mean"
+ACTIVE_UNITS = "active_units"
+KL = "kl"
+PERCEPTUAL = (LPIPS, "lpips_best_of_n", "fvd")
+"""The figures computed only when asked for (``--metrics``)."""
 
 
 @dataclass
@@ -321,6 +333,24 @@ class Curve:
         return cls([_number(m) for m in means], [_number(h) for h in halves])
 
 
+F = TypeVar("F")
+
+
+@dataclass(frozen=True)
+class Compared(Generic[F]):
+    """One metric three ways: the mean over samples, the best of N and the copy-last baseline."""
+
+    mean: F
+    best_of_n: F
+    copy_last: F
+
+
+def _compared(figures: object, metric: str) -> Compared:
+    return Compared(
+        getattr(figures, metric), getattr(figures, f"{metric}_best_of_n"), getattr(figures, f"copy_last_{metric}")
+    )
+
+
 def _flat(figures: object, suffix: str = "") -> dict[str, object]:
     """A dataclass of Estimates or Curves as the evaluation JSON's keys: NAME<suffix> and NAME<suffix>_ci95."""
     out: dict[str, object] = {}
@@ -370,6 +400,10 @@ class Window:
             **lpips,
         )
 
+    def compared(self, metric: str) -> Compared[Estimate]:
+        """``metric`` (psnr, ssim or lpips) as the mean, the best of N and copy-last."""
+        return _compared(self, metric)
+
     def to_json(self) -> dict[str, object]:
         return _flat(self)
 
@@ -408,6 +442,10 @@ class Curves:
             **lpips,
         )
 
+    def compared(self, metric: str) -> Compared[Curve]:
+        """``metric`` (psnr, ssim or lpips) as the mean, the best of N and copy-last."""
+        return _compared(self, metric)
+
     def to_json(self) -> dict[str, object]:
         return _flat(self, "_per_frame")
 
@@ -441,7 +479,7 @@ class Summary:
     @property
     def metrics(self) -> tuple[str, ...]:
         """The per-frame metrics it holds: PSNR, SSIM and, when computed, LPIPS."""
-        return ("psnr", "ssim", "lpips") if self.headline.lpips is not None else ("psnr", "ssim")
+        return (PSNR, SSIM, LPIPS) if self.headline.lpips is not None else (PSNR, SSIM)
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -460,6 +498,40 @@ class Summary:
         out["z_use"], out["z_use_ci95"] = self.z_use.mean, self.z_use.ci95
         out.update(kl=self.kl, kl_per_dim=self.kl_per_dim, active_units=self.active_units)
         return out
+
+    def describe(self) -> str:
+        """What a person reads first: PSNR beside copy-last, over the headline frames and the whole
+        horizon, best of N and its paired gain, and whether the latent is used."""
+        h, lh, n = self.headline, self.long_horizon, self.n_samples
+        return (
+            f"PSNR {h.psnr.mean:.2f} ± {h.psnr.ci95:.2f} dB over {self.frames} frames "
+            f"(best of {n} {h.psnr_best_of_n.mean:.2f}, copy-last {h.copy_last_psnr.mean:.2f}), "
+            f"SSIM {h.ssim.mean:.3f} (best {h.ssim_best_of_n.mean:.3f}, copy-last {h.copy_last_ssim.mean:.3f}); "
+            f"{self.horizon} frames: PSNR {lh.psnr.mean:.2f}, best of {n} {lh.psnr_best_of_n.mean:.2f} "
+            f"(gain {lh.best_minus_mean.mean:+.2f} ± {lh.best_minus_mean.ci95:.2f}), "
+            f"copy-last {lh.copy_last_psnr.mean:.2f}; "
+            f"latent: active units {self.active_units}, KL {self.kl:.3g} nats/step, z use {self.z_use.mean:.2g}, "
+            f"sample spread {self.sample_diversity:.3f}; {self.n_sequences} sequences"
+            + (
+                f"; LPIPS {h.lpips.mean:.3f} (best of {n} {h.lpips_best_of_n.mean:.3f}, "
+                f"copy-last {h.copy_last_lpips.mean:.3f})"
+                if h.lpips is not None
+                else ""
+            )
+            + (f"; FVD {self.fvd:.1f} (copy-last {self.copy_last_fvd:.1f})" if self.fvd is not None else "")
+        )
+
+    def per_frame_series(self) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+        """The curves grouped for ``svg.media.write_curves``: metric -> label -> (mean, ci95)."""
+        n, series = self.n_samples, {}
+        for metric in self.metrics:
+            curves = self.per_frame.compared(metric)
+            series[metric.upper()] = {
+                f"mean of {n}": (curves.mean.mean, curves.mean.ci95),
+                f"best of {n}": (curves.best_of_n.mean, curves.best_of_n.ci95),
+                "copy last": (curves.copy_last.mean, curves.copy_last.ci95),
+            }
+        return series
 
 
 def summarize(ev: Evaluation, frames: int) -> Summary:
@@ -510,3 +582,13 @@ def validation_record(summary: Summary) -> dict:
         record["val/best_minus_mean_ci95"] = window.best_minus_mean.ci95
         record["val/sample_diversity"] = s.sample_diversity
     return record
+
+
+def validation_line(summary: Summary, best_psnr: float) -> str:
+    """A validation's figures as training prints them beside its epoch and schedules."""
+    s, window = summary, summary.headline
+    gain = f"best-of-{s.n_samples} gain {window.best_minus_mean.mean:+.2f} dB  " if s.n_samples > 1 else ""
+    return (
+        f"val psnr {window.psnr.mean:.2f} dB (copy-last {window.copy_last_psnr.mean:.2f}, best {best_psnr:.2f})  "
+        f"{gain}kl {s.kl:.3g} nats/step, active units {s.active_units}"
+    )

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from svg.checkpoint import load_model, model_weights
 from svg.data import SEQ_LEN, eval_batches, open_split
 from svg.errors import SvgError
-from svg.evaluation import Networks, Summary, evaluate, summarize
+from svg.evaluation import COPY_LAST_PSNR, LPIPS, PSNR, PSNR_BEST_OF_N, SSIM, Networks, Summary, evaluate, summarize
 from svg.fvd import load_i3d
 from svg.media import write_curves, write_gif, write_strip
 from svg.perceptual import BACKBONES, load_lpips
@@ -24,43 +24,6 @@ from svg.protocols import ALWAYS, METRICS, PROTOCOLS, SSIM_SETTINGS, FvdSettings
 from svg.runtime import setup_runtime
 from svg.tracking import Tracker
 from svg.weights import I3D, find_all
-
-
-def per_frame_series(summary: Summary) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
-    """The summary's curves grouped for ``svg.media.write_curves``: metric -> label -> (mean, ci95)."""
-    n, curves = summary.n_samples, summary.per_frame
-    series = {}
-    for metric in summary.metrics:
-        mean, best, base = (getattr(curves, name) for name in (metric, f"{metric}_best_of_n", f"copy_last_{metric}"))
-        series[metric.upper()] = {
-            f"mean of {n}": (mean.mean, mean.ci95),
-            f"best of {n}": (best.mean, best.ci95),
-            "copy last": (base.mean, base.ci95),
-        }
-    return series
-
-
-def headline(summary: Summary) -> str:
-    """What a person reads first: PSNR beside copy-last, over the headline frames and the whole
-    horizon, best of N and its paired gain, and whether the latent is used."""
-    s, h, lh, n = summary, summary.headline, summary.long_horizon, summary.n_samples
-    return (
-        f"PSNR {h.psnr.mean:.2f} ± {h.psnr.ci95:.2f} dB over {s.frames} frames "
-        f"(best of {n} {h.psnr_best_of_n.mean:.2f}, copy-last {h.copy_last_psnr.mean:.2f}), "
-        f"SSIM {h.ssim.mean:.3f} (best {h.ssim_best_of_n.mean:.3f}, copy-last {h.copy_last_ssim.mean:.3f}); "
-        f"{s.horizon} frames: PSNR {lh.psnr.mean:.2f}, best of {n} {lh.psnr_best_of_n.mean:.2f} "
-        f"(gain {lh.best_minus_mean.mean:+.2f} ± {lh.best_minus_mean.ci95:.2f}), "
-        f"copy-last {lh.copy_last_psnr.mean:.2f}; "
-        f"latent: active units {s.active_units}, KL {s.kl:.3g} nats/step, z use {s.z_use.mean:.2g}, "
-        f"sample spread {s.sample_diversity:.3f}; {s.n_sequences} sequences"
-        + (
-            f"; LPIPS {h.lpips.mean:.3f} (best of {n} {h.lpips_best_of_n.mean:.3f}, "
-            f"copy-last {h.copy_last_lpips.mean:.3f})"
-            if h.lpips is not None
-            else ""
-        )
-        + (f"; FVD {s.fvd:.1f} (copy-last {s.copy_last_fvd:.1f})" if s.fvd is not None else "")
-    )
 
 
 @dataclass
@@ -157,10 +120,11 @@ def evaluate_checkpoint(checkpoint: Path, out: Path, opts: EvaluationOptions) ->
     summary = summarize(ev, frames)
 
     stem = out.with_suffix("")
+    curves = summary.per_frame_series()
     media = {
         "gif": write_gif(stem.with_suffix(".gif"), ev.panels.videos(), n_past),
         "strip": write_strip(stem.with_name(f"{stem.name}_strip.png"), ev.panels.videos(), n_past),
-        "per_frame": write_curves(stem.with_name(f"{stem.name}_per_frame.png"), per_frame_series(summary), mark=frames),
+        "per_frame": write_curves(stem.with_name(f"{stem.name}_per_frame.png"), curves, mark=frames),
     }
     named = (samples, frames, horizon) == as_named and protocol.sequences in (None, n)
     named = named and ("lpips" not in metrics or lpips_net == protocol.lpips_net)
@@ -204,22 +168,16 @@ def _log(tracker: Tracker, result: dict, summary: Summary, media: dict[str, Path
     scalars = {f"{split}/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
     scalars.update({f"{split}/long_horizon/{k}": v for k, v in result["long_horizon"].items()})
     lists = {f"{split}/{k}": v for k, v in result.items() if isinstance(v, list)}
-    plotted = ["psnr", "ssim", "psnr_best_of_n", "copy_last_psnr"] + (["lpips"] if "lpips" in summary.metrics else [])
+    plotted = [PSNR, SSIM, PSNR_BEST_OF_N, COPY_LAST_PSNR] + ([LPIPS] if LPIPS in summary.metrics else [])
     curves = {
         f"{split}/{name}_per_frame": (getattr(summary.per_frame, name).mean, "predicted frame") for name in plotted
     }
     columns = ["figure", "horizon", "mean", "ci95", "best_of_n", "copy_last"]
     rows = [
-        [
-            m,
-            frames,
-            getattr(w, m).mean,
-            getattr(w, m).ci95,
-            getattr(w, f"{m}_best_of_n").mean,
-            getattr(w, f"copy_last_{m}").mean,
-        ]
+        [m, frames, c.mean.mean, c.mean.ci95, c.best_of_n.mean, c.copy_last.mean]
         for frames, w in ((summary.frames, summary.headline), (summary.horizon, summary.long_horizon))
         for m in summary.metrics
+        for c in [w.compared(m)]
     ]
     tracker.log(
         {**scalars, **lists},

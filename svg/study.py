@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from svg.evaluation import ACTIVE_UNITS, BEST_MINUS_MEAN, COPY_LAST_PSNR, KL, PERCEPTUAL, PSNR, PSNR_BEST_OF_N
 from svg.report.collect import collect, varied
 from svg.report.html import write_index, write_report
 from svg.report.plots import plot_settings
@@ -43,23 +44,30 @@ PROTOCOLS = ("seed", "svg")
 CLAIM_MARGIN = 0.2  # dB: an advantage below this is no advantage
 CLAIM_HALF_WIDTH = 0.3  # dB: the paired interval's half-width a study's seeds are chosen for
 FAIL_MARGIN = 2.0  # dB under the best teacher-forcing start: a failure (the issue's rule)
-M, COPY_LAST = "test/seed/psnr", "test/seed/copy_last_psnr"
+
+
+def _test(protocol: str, figure: str) -> str:
+    """The W&B summary key of an evaluation figure under a protocol."""
+    return f"test/{protocol}/{figure}"
+
+
+M, COPY_LAST = _test("seed", PSNR), _test("seed", COPY_LAST_PSNR)
+BEST_OF_100, GAIN = _test("svg", PSNR_BEST_OF_N), _test("svg", BEST_MINUS_MEAN)
+UNITS, KL_NATS = _test("svg", ACTIVE_UNITS), _test("svg", KL)
 SUMMARY = [  # the per-setting columns of RESULTS.md
     (M, "PSNR (seed)"),
     (COPY_LAST, "copy-last (seed)"),
-    ("test/seed/psnr_best_of_n", "best of 10 (seed)"),
-    ("test/svg/psnr_best_of_n", "best of 100 (svg)"),
-    ("test/svg/best_minus_mean", "best − mean (svg)"),
-    ("test/svg/active_units", "active units"),
-    ("test/svg/kl", "KL nats/step"),
+    (_test("seed", PSNR_BEST_OF_N), "best of 10 (seed)"),
+    (BEST_OF_100, "best of 100 (svg)"),
+    (GAIN, "best − mean (svg)"),
+    (UNITS, "active units"),
+    (KL_NATS, "KL nats/step"),
 ]
-PERCEPTUAL = ("lpips", "lpips_best_of_n", "fvd")
-"""Columns RESULTS.md adds, as test/<protocol>/<name>, where some trial's evaluation computed them (--metrics)."""
 PANELS = [
     (M, "test PSNR, 10 frames, seed protocol (dB)\nred dashes: copy-last"),
-    ("test/svg/psnr_best_of_n", "best of 100, 28 frames, svg protocol (dB)"),
-    ("test/svg/best_minus_mean", "best of 100 minus mean (dB)"),
-    ("test/svg/active_units", "active latent units"),
+    (BEST_OF_100, "best of 100, 28 frames, svg protocol (dB)"),
+    (GAIN, "best of 100 minus mean (dB)"),
+    (UNITS, "active latent units"),
 ]
 
 
@@ -206,15 +214,15 @@ def beta_range(settings: list[Setting]) -> dict:
         figures = {
             key: _iv(mean_ci(list(setting.by_seed[metric].values())))
             for key, metric in (
-                ("active_units", "test/svg/active_units"),
-                ("kl", "test/svg/kl"),
-                ("best_minus_mean", "test/svg/best_minus_mean"),
-                ("psnr", M),
-                ("psnr_best_of_100", "test/svg/psnr_best_of_n"),
+                (ACTIVE_UNITS, UNITS),
+                (KL, KL_NATS),
+                (BEST_MINUS_MEAN, GAIN),
+                (PSNR, M),
+                ("psnr_best_of_100", BEST_OF_100),
             )
             if setting.by_seed.get(metric)
         }
-        units = figures.get("active_units")
+        units = figures.get(ACTIVE_UNITS)
         rows[f"beta_max={setting.values.get('kl.beta_max')}"] = {
             **figures,
             "collapsed": units is not None and units["mean"] < 1,
@@ -264,7 +272,7 @@ def learning_rate_lines(result: dict) -> list[str]:
 def beta_range_lines(result: dict) -> list[str]:
     return [
         f"{k}: "
-        + ", ".join(f"{m} {_fmt(v, m == 'best_minus_mean')}" for m, v in row.items() if m != "collapsed")
+        + ", ".join(f"{m} {_fmt(v, m == BEST_MINUS_MEAN)}" for m, v in row.items() if m != "collapsed")
         + (" (collapsed)" if row["collapsed"] else "")
         for k, row in result.items()
     ]

@@ -26,7 +26,15 @@ from svg.checkpoint import CheckpointWriter, architecture_mismatch, load_latest,
 from svg.config import Experiment, to_yaml
 from svg.data import Prefetcher, ensure_synthetic, eval_batches, open_split, train_batches, training_clips
 from svg.errors import Interrupted, SvgError
-from svg.evaluation import MEDIA_SAMPLES, MEDIA_SEQUENCES, evaluate, summarize, validation_record
+from svg.evaluation import (
+    MEDIA_SAMPLES,
+    MEDIA_SEQUENCES,
+    Summary,
+    evaluate,
+    summarize,
+    validation_line,
+    validation_record,
+)
 from svg.losses import active_units
 from svg.media import write_gif, write_strip
 from svg.models import SVG
@@ -326,12 +334,16 @@ class Trainer:
         improved = False
         if self.rt.main and ((epoch + 1) % cfg.val_every == 0 or last):
             validation = self._validate()
-            improved = validation["val/psnr"] > state.best_psnr
-            state.best_psnr = max(state.best_psnr, validation["val/psnr"])
-            record.update(validation, **{"val/psnr_best": state.best_psnr})
+            psnr = validation.headline.psnr.mean
+            improved = psnr > state.best_psnr
+            state.best_psnr = max(state.best_psnr, psnr)
+            record.update(validation_record(validation), **{"val/psnr_best": state.best_psnr})
             if state.validations % cfg.media_every == 1 or cfg.media_every == 1 or last:
                 media = self._media(f"epoch{epoch + 1:04d}")
-            tqdm.write(self._validation_line(record, epoch, beta, tfr))
+            tqdm.write(
+                f"epoch {epoch + 1}/{cfg.epochs}  {validation_line(validation, state.best_psnr)}  "
+                f"beta {beta:.3g}  tfr {tfr:.2f}"
+            )
         if self.rt.world_size > 1:
             dist.barrier()
         record["time/elapsed_s"] = round(state.elapsed(), 2)
@@ -367,29 +379,18 @@ class Trainer:
             record["kl/per_dim"] = [round(v, 6) for v in means["kl_per_dim"]]
         return record
 
-    def _validation_line(self, record: dict, epoch: int, beta: float, tfr: float) -> str:
-        gain = record.get("val/best_minus_mean")
-        cfg = self.exp.train
-        return (
-            f"epoch {epoch + 1}/{cfg.epochs}  val psnr {record['val/psnr']:.2f} dB "
-            f"(copy-last {record['val/psnr_copy_last']:.2f}, best {self.state.best_psnr:.2f})  "
-            + (f"best-of-{cfg.val_samples} gain {gain:+.2f} dB  " if gain is not None else "")
-            + f"kl {record['val/kl']:.3g} nats/step, active units {record['val/active_units']}  "
-            f"beta {beta:.3g}  tfr {tfr:.2f}"
-        )
-
     @property
     def scored_model(self) -> SVG:
         """What validation, media and best.pt use: the weights' moving average when the run keeps one."""
         return self.model if self.ema is None else self.ema.module
 
-    def _validate(self) -> dict:
-        """``train.val_samples`` samples per validation sequence, scored: the ``val/…`` record."""
+    def _validate(self) -> Summary:
+        """``train.val_samples`` samples per validation sequence, scored over every predicted frame."""
         cfg = self.exp.train
         batches = eval_batches(self.val_set, self.exp.val_batch_size, limit=cfg.val_sequences)
         ev = evaluate(self.scored_model, batches, cfg.n_past, cfg.val_samples, self.rt, cfg.seed, media_sequences=0)
         self.state.validations += 1
-        return validation_record(summarize(ev, frames=ev.psnr.shape[1]))
+        return summarize(ev, frames=ev.psnr.shape[1])
 
     def _media(self, name: str) -> dict:
         """A GIF and a strip of ground truth, a sample and the best of several, for the first sequences."""

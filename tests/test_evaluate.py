@@ -1,5 +1,6 @@
 """Evaluation: the numbers (copy-last, best of N, intervals, horizon, seeds), the learned prior, the CLI."""
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -9,7 +10,23 @@ import torch
 from conftest import ROOT, inspect_run, run_entrypoint
 
 from svg.config import Model
-from svg.evaluation import Evaluation, best_of_n, evaluate, summarize, z_interval
+from svg.evaluation import (
+    ACTIVE_UNITS,
+    BEST_MINUS_MEAN,
+    COPY_LAST_PSNR,
+    KL,
+    PERCEPTUAL,
+    PSNR,
+    PSNR_BEST_OF_N,
+    Evaluation,
+    Window,
+    best_of_n,
+    evaluate,
+    summarize,
+    validation_line,
+    validation_record,
+    z_interval,
+)
 from svg.metrics import copy_last
 from svg.models import SVG
 from svg.runtime import Runtime
@@ -142,25 +159,44 @@ def test_a_model_that_ignores_z_has_no_z_use_no_diversity_and_no_best_of_n_gain(
     assert used.sample_diversity > 0 and used.headline.best_minus_mean.mean > 0
 
 
-def test_best_minus_mean_is_paired_per_sequence():
-    """Two samples, three sequences: per sequence best-of-2 minus mean-of-2 over the frames, then the
-    mean and 1.96 sd / sqrt(3) of those differences."""
+def two_samples_three_sequences() -> Evaluation:
     psnr = torch.tensor([[[20.0, 30.0, 10.0]], [[22.0, 30.0, 16.0]]])  # (N=2, T=1, S=3)
-    ev = Evaluation(
+    return Evaluation(
         psnr=psnr,
         ssim=torch.zeros_like(psnr),
-        copy_last_psnr=torch.zeros(1, 3),
+        copy_last_psnr=torch.full((1, 3), 18.0),
         copy_last_ssim=torch.zeros(1, 3),
-        kl_per_dim=torch.zeros(4),
+        kl_per_dim=torch.tensor([0.5, 0.0, 0.0, 0.0]),
         z_use=torch.zeros(3),
         diversity=torch.zeros(3),
         n_past=2,
         panels=None,
     )
-    gain = summarize(ev, frames=1).headline.best_minus_mean
+
+
+def test_best_minus_mean_is_paired_per_sequence():
+    """Two samples, three sequences: per sequence best-of-2 minus mean-of-2 over the frames, then the
+    mean and 1.96 sd / sqrt(3) of those differences."""
+    gain = summarize(two_samples_three_sequences(), frames=1).headline.best_minus_mean
     gains = torch.tensor([1.0, 0.0, 3.0])  # 22 - 21, 30 - 30, 16 - 13
     assert gain.mean == pytest.approx(gains.mean().item())
     assert gain.ci95 == pytest.approx(1.96 * gains.std().item() / math.sqrt(3), abs=1e-6)
+
+
+def test_the_names_other_modules_read_are_the_summarys_keys():
+    """The study and the evaluator read figures by these names: each is a key of the evaluation JSON with the
+    figure's value, and validation logs the headline ones under val/."""
+    s = summarize(two_samples_three_sequences(), frames=1)
+    out = s.to_json()
+    assert out[PSNR] == pytest.approx(128 / 6) and out[PSNR_BEST_OF_N] == pytest.approx(68 / 3)
+    assert out[COPY_LAST_PSNR] == 18 and out[BEST_MINUS_MEAN] == pytest.approx(4 / 3)
+    assert out[ACTIVE_UNITS] == 1 and out[KL] == 0.5
+    assert set(PERCEPTUAL) <= {f.name for f in dataclasses.fields(Window)} | {f.name for f in dataclasses.fields(s)}
+    record = validation_record(s)
+    assert record[f"val/{BEST_MINUS_MEAN}"] == out[BEST_MINUS_MEAN] and record["val/psnr"] == out[PSNR]
+    assert validation_line(s, best_psnr=25.0) == (
+        "val psnr 21.33 dB (copy-last 18.00, best 25.00)  best-of-2 gain +1.33 dB  kl 0.5 nats/step, active units 1"
+    )
 
 
 def test_latent_usage_is_reported():
