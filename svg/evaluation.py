@@ -41,13 +41,16 @@ Z95 = 1.96
 
 # The names other modules read figures by: fields of ``Window`` and ``Summary``, keys of the evaluation JSON and,
 # as ``SPLIT/<protocol>/NAME``, of the W&B summary the study reads. Renaming a figure is a change in this module.
-PSNR, SSIM, LPIPS = "psnr", "ssim", "lpips"
-PSNR_BEST_OF_N = "psnr_best_of_n"
+PSNR, SSIM, LPIPS, FVD = "psnr", "ssim", "lpips", "fvd"
+PSNR_BEST_OF_N, SSIM_BEST_OF_N, LPIPS_BEST_OF_N = "psnr_best_of_n", "ssim_best_of_n", "lpips_best_of_n"
 COPY_LAST_PSNR = "copy_last_psnr"
+PSNR_PER_FRAME = "psnr_per_frame"
 BEST_MINUS_MEAN = "best_minus_mean"
 ACTIVE_UNITS = "active_units"
 KL = "kl"
-PERCEPTUAL = (LPIPS, "lpips_best_of_n", "fvd")
+VAL_COPY_LAST_PSNR = "val/psnr_copy_last"
+"""The validation record (``validation_record``) keys every figure NAME as ``val/NAME``, but copy-last's PSNR."""
+PERCEPTUAL = (LPIPS, LPIPS_BEST_OF_N, FVD)
 """The figures computed only when asked for (``--metrics``)."""
 
 
@@ -386,7 +389,7 @@ class Window:
         if ev.lpips is not None:
             lpips = {
                 "lpips": Estimate.over(ev.lpips[:, :frames].mean((0, 1))),
-                "lpips_best_of_n": Estimate.over(best_of_n(ev.lpips, frames, lower=True)[:frames].mean(0)),
+                LPIPS_BEST_OF_N: Estimate.over(best_of_n(ev.lpips, frames, lower=True)[:frames].mean(0)),
                 "copy_last_lpips": Estimate.over(ev.copy_last_lpips[:frames].mean(0)),
             }
         return cls(
@@ -429,7 +432,7 @@ class Curves:
         if ev.lpips is not None:
             lpips = {
                 "lpips": Curve.over(ev.lpips.mean(0)),
-                "lpips_best_of_n": Curve.over(best_of_n(ev.lpips, horizon, lower=True)),
+                LPIPS_BEST_OF_N: Curve.over(best_of_n(ev.lpips, horizon, lower=True)),
                 "copy_last_lpips": Curve.over(ev.copy_last_lpips),
             }
         return cls(
@@ -493,7 +496,7 @@ class Summary:
             "long_horizon": self.long_horizon.to_json(),
         }
         if self.fvd is not None:
-            out["fvd"], out["copy_last_fvd"] = self.fvd, self.copy_last_fvd
+            out[FVD], out[f"copy_last_{FVD}"] = self.fvd, self.copy_last_fvd
         out["sample_diversity"] = self.sample_diversity
         out["z_use"], out["z_use_ci95"] = self.z_use.mean, self.z_use.ci95
         out.update(kl=self.kl, kl_per_dim=self.kl_per_dim, active_units=self.active_units)
@@ -542,7 +545,7 @@ def summarize(ev: Evaluation, frames: int) -> Summary:
     fvd = {}
     if ev.videos is not None:  # one number per set of videos: no interval over sequences
         fvd = {
-            "fvd": _number(frechet_distance(ev.videos.sample, ev.videos.real)),
+            FVD: _number(frechet_distance(ev.videos.sample, ev.videos.real)),
             "copy_last_fvd": _number(frechet_distance(ev.videos.copy_last, ev.videos.real)),
         }
     return Summary(
@@ -568,18 +571,18 @@ def validation_record(summary: Summary) -> dict:
     the latent is used; with several samples also best-of-N, its paired gain and the samples' spread."""
     s, window = summary, summary.headline
     record = {
-        "val/psnr": window.psnr.mean,
-        "val/ssim": window.ssim.mean,
-        "val/psnr_copy_last": window.copy_last_psnr.mean,
-        "val/psnr_per_frame": [None if v is None else round(v, 4) for v in s.per_frame.psnr.mean],
-        "val/kl": s.kl,
-        "val/active_units": s.active_units,
+        f"val/{PSNR}": window.psnr.mean,
+        f"val/{SSIM}": window.ssim.mean,
+        VAL_COPY_LAST_PSNR: window.copy_last_psnr.mean,
+        f"val/{PSNR_PER_FRAME}": [None if v is None else round(v, 4) for v in s.per_frame.psnr.mean],
+        f"val/{KL}": s.kl,
+        f"val/{ACTIVE_UNITS}": s.active_units,
         "val/z_use": s.z_use.mean,
     }
     if s.n_samples > 1:
-        record["val/psnr_best_of_n"] = window.psnr_best_of_n.mean
-        record["val/best_minus_mean"] = window.best_minus_mean.mean
-        record["val/best_minus_mean_ci95"] = window.best_minus_mean.ci95
+        record[f"val/{PSNR_BEST_OF_N}"] = window.psnr_best_of_n.mean
+        record[f"val/{BEST_MINUS_MEAN}"] = window.best_minus_mean.mean
+        record[f"val/{BEST_MINUS_MEAN}_ci95"] = window.best_minus_mean.ci95
         record["val/sample_diversity"] = s.sample_diversity
     return record
 

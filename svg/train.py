@@ -29,6 +29,9 @@ from svg.errors import Interrupted, SvgError
 from svg.evaluation import (
     MEDIA_SAMPLES,
     MEDIA_SEQUENCES,
+    PSNR,
+    PSNR_PER_FRAME,
+    VAL_COPY_LAST_PSNR,
     Summary,
     evaluate,
     summarize,
@@ -351,15 +354,15 @@ class Trainer:
             record.update({f"compile/{k}": v for k, v in dataclasses.asdict(compile_counts()).items()})
         if self.rt.main:
             curves = (
-                {"val/psnr_per_frame": (record["val/psnr_per_frame"], "predicted frame")}
-                if "val/psnr" in record
+                {f"val/{PSNR_PER_FRAME}": (record[f"val/{PSNR_PER_FRAME}"], "predicted frame")}
+                if f"val/{PSNR}" in record
                 else {}
             )
             self.tracker.log(record, curves=curves, **media)
         self.checkpoint(*(("last", "best") if improved else ("last",)))
-        if self.rt.main and "val/psnr" in record:
+        if self.rt.main and f"val/{PSNR}" in record:
             self.tracker.summary(
-                {"val/psnr_final": record["val/psnr"], "val/psnr_copy_last": record["val/psnr_copy_last"]}
+                {"val/psnr_final": record[f"val/{PSNR}"], VAL_COPY_LAST_PSNR: record[VAL_COPY_LAST_PSNR]}
             )
         return record
 

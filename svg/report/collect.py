@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from svg.errors import SvgError, first_line
+from svg.evaluation import PSNR
 from svg.sweeps.spec import SWEEP_FILE
 from svg.tracking import METRICS_FILE, read_metrics
 from svg.values import dotted, is_number
@@ -25,6 +26,9 @@ EXPECTED = f"expected a run folder with {METRICS_FILE}, a folder of run folders,
 
 class ReportError(SvgError):
     """Nothing to report on, or an unreadable run folder."""
+
+
+VAL_PSNR = f"val/{PSNR}"
 
 
 @dataclass
@@ -59,7 +63,7 @@ class Run:
 
     @property
     def best_psnr(self) -> float | None:
-        values = [r["val/psnr"] for r in self.records if is_number(r.get("val/psnr"))]
+        values = [r[VAL_PSNR] for r in self.records if is_number(r.get(VAL_PSNR))]
         return max(values) if values else None
 
 
@@ -73,7 +77,7 @@ def _evaluations(run_dir: Path) -> dict[str, dict]:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(data, dict) and is_number(data.get("psnr")) and data.get("split", "test") == "test":
+        if isinstance(data, dict) and is_number(data.get(PSNR)) and data.get("split", "test") == "test":
             protocol = (data.get("protocol") or {}).get("name", "project")
             is_best = Path(str(data.get("checkpoint", ""))).stem == "best"
             found.setdefault(protocol, []).append((is_best, path.stat().st_mtime, path, data))

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from svg.evaluation import ACTIVE_UNITS, FVD, LPIPS, LPIPS_BEST_OF_N, PSNR, PSNR_BEST_OF_N, SSIM, VAL_COPY_LAST_PSNR
 from svg.report.collect import Run, collect, varied
 from svg.report.plots import plot_curves
 from svg.report.settings import Study, study
@@ -182,11 +183,11 @@ def _sweep_meta(sweep: dict, runs: list[Run]) -> str:
     return " · ".join(html.escape(f) for f in facts if f)
 
 
-TEST_COLUMNS = [("psnr", "test PSNR", 2), ("ssim", "test SSIM", 3), ("psnr_best_of_n", "test PSNR best of N", 2)]
+TEST_COLUMNS = [(PSNR, "test PSNR", 2), (SSIM, "test SSIM", 3), (PSNR_BEST_OF_N, "test PSNR best of N", 2)]
 PERCEPTUAL_COLUMNS = [
-    ("lpips", "test LPIPS", 3),
-    ("lpips_best_of_n", "test LPIPS best of N", 3),
-    ("fvd", "test FVD", 1),
+    (LPIPS, "test LPIPS", 3),
+    (LPIPS_BEST_OF_N, "test LPIPS best of N", 3),
+    (FVD, "test FVD", 1),
 ]
 """Shown where some run's evaluation computed them."""
 
@@ -205,7 +206,7 @@ def _table(runs: list[Run], keys: list[str]) -> str:
         head.append("error")
     rows = []
     for run in runs:
-        final, base = run.last("val/psnr"), run.last("val/psnr_copy_last")
+        final, base = run.last(f"val/{PSNR}"), run.last(VAL_COPY_LAST_PSNR)
         margin = final - base if is_number(final) and is_number(base) else None
         cells = [
             f'<td class="l"><span class="sw" style="background:{run.color}"></span></td>',
@@ -220,8 +221,8 @@ def _table(runs: list[Run], keys: list[str]) -> str:
             final,
             base,
             margin,
-            run.last("val/ssim"),
-            run.last("kl/active_units"),
+            run.last(f"val/{SSIM}"),
+            run.last(f"kl/{ACTIVE_UNITS}"),
             run.last("epoch"),
         ]
         cells += [f"<td>{_fmt(v, 3 if i == 4 else 2)}</td>" for i, v in enumerate(numbers)]
@@ -240,7 +241,7 @@ def _table(runs: list[Run], keys: list[str]) -> str:
 
 def _digits(metric: str) -> int:
     """SSIM and LPIPS live in [0, 1]: three decimals; dB and the rest: two."""
-    return 3 if "ssim" in metric or "lpips" in metric else 2
+    return 3 if SSIM in metric or LPIPS in metric else 2
 
 
 def _interval(iv: Interval | None, digits: int, signed: bool = False) -> str:

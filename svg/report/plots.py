@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from svg.evaluation import COPY_LAST_PSNR, PSNR, PSNR_PER_FRAME, VAL_COPY_LAST_PSNR
 from svg.report.collect import Run
 
 PLOTS = [
-    ("val_psnr", "validation PSNR (dB)", "val/psnr", "dashed: copy-last-frame baseline of the same run"),
+    ("val_psnr", "validation PSNR (dB)", f"val/{PSNR}", "dashed: copy-last-frame baseline of the same run"),
     ("kld", "KL divergence per step (epoch mean, nats)", "epoch/kld", ""),
     ("beta", "β (KL weight)", "beta", ""),
     ("tfr", "teacher-forcing ratio", "tfr", ""),
@@ -36,8 +37,8 @@ def plot_curves(runs: list[Run], out_dir: Path) -> list[tuple[str, Path, str]]:
             ax.plot(
                 x, y, color=run.color, label=run.label, linewidth=1.6, marker="o" if len(x) < 30 else None, markersize=3
             )
-            if key == "val/psnr":
-                bx, by = run.series("val/psnr_copy_last")
+            if key == f"val/{PSNR}":
+                bx, by = run.series(VAL_COPY_LAST_PSNR)
                 ax.plot(bx, by, color=run.color, linestyle="--", linewidth=1, alpha=0.6)
         values = [v for r in plotted for v in r.series(key)[1]]
         if key == "epoch/kld" and min(values) > 0 and max(values) / min(values) > 50:
@@ -50,15 +51,15 @@ def plot_curves(runs: list[Run], out_dir: Path) -> list[tuple[str, Path, str]]:
         path = out_dir / f"{stem}.png"
         fig.savefig(path, dpi=110)
         made.append((title, path, note))
-    per_frame = [r for r in runs if isinstance(r.last("val/psnr_per_frame"), list)]
+    per_frame = [r for r in runs if isinstance(r.last(f"val/{PSNR_PER_FRAME}"), list)]
     if per_frame:
         fig = Figure(figsize=(6.4, 3.8), layout="constrained")
         ax = fig.subplots()
         for run in per_frame:
-            values = run.last("val/psnr_per_frame")
+            values = run.last(f"val/{PSNR_PER_FRAME}")
             ax.plot(range(1, len(values) + 1), values, color=run.color, label=run.label, linewidth=1.6)
         ax.set_xlabel("predicted frame")
-        ax.set_xlim(1, max(len(r.last("val/psnr_per_frame")) for r in per_frame))
+        ax.set_xlim(1, max(len(r.last(f"val/{PSNR_PER_FRAME}")) for r in per_frame))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title("validation PSNR per predicted frame (last validation, dB)", fontsize=11)
         ax.grid(alpha=0.3)
@@ -92,8 +93,8 @@ def plot_settings(settings: list, panels: list[tuple[str, str]], path: Path, tit
             iv = mean_ci(values)
             ax.errorbar([i], [iv.mean], yerr=[[iv.half or 0.0]], fmt="o", color="C0", capsize=4)
             ax.plot([i] * len(values), values, ".", color="0.55", markersize=4)
-            base = list(setting.by_seed.get(metric.replace("/psnr", "/copy_last_psnr"), {}).values())
-            if metric.endswith("/psnr") and base:
+            base = list(setting.by_seed.get(metric.replace(f"/{PSNR}", f"/{COPY_LAST_PSNR}"), {}).values())
+            if metric.endswith(f"/{PSNR}") and base:
                 ax.hlines(sum(base) / len(base), i - 0.35, i + 0.35, colors="C3", linestyles="--", linewidth=1)
         ax.set_xticks(range(len(settings)), ["\n".join(map(str, s.values.values())) for s in settings], fontsize=7.5)
         ax.set_xlabel(" / ".join(keys), fontsize=8)

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from svg.evaluation import FVD, LPIPS, LPIPS_BEST_OF_N, PSNR, PSNR_BEST_OF_N, SSIM, SSIM_BEST_OF_N
 from svg.report.collect import ReportError, Run
 from svg.report.stats import Interval, mean_ci, paired_diff, verdict
 from svg.sweeps.groups import SEED, label
@@ -22,9 +23,9 @@ from svg.values import is_number
 EVAL_META = {"n_sequences", "n_samples", "n_past", "horizon", "frames", "seed"}
 """Evaluation JSON numbers that describe the protocol, not the model."""
 
-BETTER_WHEN_HIGHER = {"psnr", "ssim", "psnr_best", "psnr_best_of_n", "ssim_best_of_n"}
+BETTER_WHEN_HIGHER = {PSNR, SSIM, "psnr_best", PSNR_BEST_OF_N, SSIM_BEST_OF_N}
 """Metric names (the part after ``test/`` or ``val/``) where higher is better; others get higher/lower verdicts."""
-BETTER_WHEN_LOWER = {"lpips", "lpips_best_of_n", "fvd"}
+BETTER_WHEN_LOWER = {LPIPS, LPIPS_BEST_OF_N, FVD}
 
 
 @dataclass
