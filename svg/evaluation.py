@@ -48,6 +48,7 @@ PSNR_PER_FRAME = "psnr_per_frame"
 BEST_MINUS_MEAN = "best_minus_mean"
 ACTIVE_UNITS = "active_units"
 KL = "kl"
+VAL_PSNR, VAL_PSNR_PER_FRAME = f"val/{PSNR}", f"val/{PSNR_PER_FRAME}"
 VAL_COPY_LAST_PSNR = "val/psnr_copy_last"
 """The validation record (``validation_record``) keys every figure NAME as ``val/NAME``, but copy-last's PSNR."""
 PERCEPTUAL = (LPIPS, LPIPS_BEST_OF_N, FVD)
@@ -571,10 +572,10 @@ def validation_record(summary: Summary) -> dict:
     the latent is used; with several samples also best-of-N, its paired gain and the samples' spread."""
     s, window = summary, summary.headline
     record = {
-        f"val/{PSNR}": window.psnr.mean,
+        VAL_PSNR: window.psnr.mean,
         f"val/{SSIM}": window.ssim.mean,
         VAL_COPY_LAST_PSNR: window.copy_last_psnr.mean,
-        f"val/{PSNR_PER_FRAME}": [None if v is None else round(v, 4) for v in s.per_frame.psnr.mean],
+        VAL_PSNR_PER_FRAME: [None if v is None else round(v, 4) for v in s.per_frame.psnr.mean],
         f"val/{KL}": s.kl,
         f"val/{ACTIVE_UNITS}": s.active_units,
         "val/z_use": s.z_use.mean,

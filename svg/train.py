@@ -29,9 +29,8 @@ from svg.errors import Interrupted, SvgError
 from svg.evaluation import (
     MEDIA_SAMPLES,
     MEDIA_SEQUENCES,
-    PSNR,
-    PSNR_PER_FRAME,
     VAL_COPY_LAST_PSNR,
+    VAL_PSNR_PER_FRAME,
     Summary,
     evaluate,
     summarize,
@@ -335,6 +334,7 @@ class Trainer:
         last = epoch + 1 == cfg.epochs
         media: dict = {}
         improved = False
+        validation: Summary | None = None
         if self.rt.main and ((epoch + 1) % cfg.val_every == 0 or last):
             validation = self._validate()
             psnr = validation.headline.psnr.mean
@@ -354,16 +354,13 @@ class Trainer:
             record.update({f"compile/{k}": v for k, v in dataclasses.asdict(compile_counts()).items()})
         if self.rt.main:
             curves = (
-                {f"val/{PSNR_PER_FRAME}": (record[f"val/{PSNR_PER_FRAME}"], "predicted frame")}
-                if f"val/{PSNR}" in record
-                else {}
+                {VAL_PSNR_PER_FRAME: (record[VAL_PSNR_PER_FRAME], "predicted frame")} if validation is not None else {}
             )
             self.tracker.log(record, curves=curves, **media)
         self.checkpoint(*(("last", "best") if improved else ("last",)))
-        if self.rt.main and f"val/{PSNR}" in record:
-            self.tracker.summary(
-                {"val/psnr_final": record[f"val/{PSNR}"], VAL_COPY_LAST_PSNR: record[VAL_COPY_LAST_PSNR]}
-            )
+        if validation is not None:
+            scores = validation.headline
+            self.tracker.summary({"val/psnr_final": scores.psnr.mean, VAL_COPY_LAST_PSNR: scores.copy_last_psnr.mean})
         return record
 
     def _epoch_record(self, epoch: int, beta: float, tfr: float) -> dict:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from svg.errors import SvgError, first_line
-from svg.evaluation import PSNR
+from svg.evaluation import PSNR, VAL_PSNR
 from svg.sweeps.spec import SWEEP_FILE
 from svg.tracking import METRICS_FILE, read_metrics
 from svg.values import dotted, is_number
@@ -26,9 +26,6 @@ EXPECTED = f"expected a run folder with {METRICS_FILE}, a folder of run folders,
 
 class ReportError(SvgError):
     """Nothing to report on, or an unreadable run folder."""
-
-
-VAL_PSNR = f"val/{PSNR}"
 
 
 @dataclass

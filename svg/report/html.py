@@ -16,7 +16,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from svg.evaluation import ACTIVE_UNITS, FVD, LPIPS, LPIPS_BEST_OF_N, PSNR, PSNR_BEST_OF_N, SSIM, VAL_COPY_LAST_PSNR
+from svg.evaluation import (
+    ACTIVE_UNITS,
+    FVD,
+    LPIPS,
+    LPIPS_BEST_OF_N,
+    PSNR,
+    PSNR_BEST_OF_N,
+    SSIM,
+    VAL_COPY_LAST_PSNR,
+    VAL_PSNR,
+)
 from svg.report.collect import Run, collect, varied
 from svg.report.plots import plot_curves
 from svg.report.settings import Study, study
@@ -206,7 +216,7 @@ def _table(runs: list[Run], keys: list[str]) -> str:
         head.append("error")
     rows = []
     for run in runs:
-        final, base = run.last(f"val/{PSNR}"), run.last(VAL_COPY_LAST_PSNR)
+        final, base = run.last(VAL_PSNR), run.last(VAL_COPY_LAST_PSNR)
         margin = final - base if is_number(final) and is_number(base) else None
         cells = [
             f'<td class="l"><span class="sw" style="background:{run.color}"></span></td>',

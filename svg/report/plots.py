@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from svg.evaluation import COPY_LAST_PSNR, PSNR, PSNR_PER_FRAME, VAL_COPY_LAST_PSNR
+from svg.evaluation import COPY_LAST_PSNR, PSNR, VAL_COPY_LAST_PSNR, VAL_PSNR, VAL_PSNR_PER_FRAME
 from svg.report.collect import Run
 
 PLOTS = [
-    ("val_psnr", "validation PSNR (dB)", f"val/{PSNR}", "dashed: copy-last-frame baseline of the same run"),
+    ("val_psnr", "validation PSNR (dB)", VAL_PSNR, "dashed: copy-last-frame baseline of the same run"),
     ("kld", "KL divergence per step (epoch mean, nats)", "epoch/kld", ""),
     ("beta", "β (KL weight)", "beta", ""),
     ("tfr", "teacher-forcing ratio", "tfr", ""),
@@ -37,7 +37,7 @@ def plot_curves(runs: list[Run], out_dir: Path) -> list[tuple[str, Path, str]]:
             ax.plot(
                 x, y, color=run.color, label=run.label, linewidth=1.6, marker="o" if len(x) < 30 else None, markersize=3
             )
-            if key == f"val/{PSNR}":
+            if key == VAL_PSNR:
                 bx, by = run.series(VAL_COPY_LAST_PSNR)
                 ax.plot(bx, by, color=run.color, linestyle="--", linewidth=1, alpha=0.6)
         values = [v for r in plotted for v in r.series(key)[1]]
@@ -51,15 +51,15 @@ def plot_curves(runs: list[Run], out_dir: Path) -> list[tuple[str, Path, str]]:
         path = out_dir / f"{stem}.png"
         fig.savefig(path, dpi=110)
         made.append((title, path, note))
-    per_frame = [r for r in runs if isinstance(r.last(f"val/{PSNR_PER_FRAME}"), list)]
+    per_frame = [r for r in runs if isinstance(r.last(VAL_PSNR_PER_FRAME), list)]
     if per_frame:
         fig = Figure(figsize=(6.4, 3.8), layout="constrained")
         ax = fig.subplots()
         for run in per_frame:
-            values = run.last(f"val/{PSNR_PER_FRAME}")
+            values = run.last(VAL_PSNR_PER_FRAME)
             ax.plot(range(1, len(values) + 1), values, color=run.color, label=run.label, linewidth=1.6)
         ax.set_xlabel("predicted frame")
-        ax.set_xlim(1, max(len(r.last(f"val/{PSNR_PER_FRAME}")) for r in per_frame))
+        ax.set_xlim(1, max(len(r.last(VAL_PSNR_PER_FRAME)) for r in per_frame))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title("validation PSNR per predicted frame (last validation, dB)", fontsize=11)
         ax.grid(alpha=0.3)
