@@ -93,6 +93,14 @@ class Model(Section):
         "by the arm's displacement in the image since that frame, so the gripper is carried along rather than "
         "redrawn (not in SVG or the seed)",
     )
+    copy_transforms: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="with model.composite, this many affine transforms of the skips' frame, each predicted from "
+        "the step's code and starting as the identity, that the mask may also copy from, so what moves (a rolling "
+        "ball, a pushed object, a turning arm) can be carried rather than redrawn (not in SVG or the seed)",
+    )
     predictor_batchnorm: bool = Field(
         True,
         description="BatchNorm1d before the frame predictor's tanh, as the seed's text has it (the original SVG "
@@ -100,11 +108,16 @@ class Model(Section):
     )
 
     @model_validator(mode="after")
-    def _shift_what_is_copied_where_the_arm_is(self) -> Model:
+    def _what_is_copied_needs_a_composite(self) -> Model:
         if self.shifted_copy and not (self.composite and self.position_spots):
             raise ValueError(
                 "model.shifted_copy moves the copied frame by the arm's displacement: it needs model.composite and "
                 f"model.position_spots, but they are {self.composite} and {self.position_spots}"
+            )
+        if self.copy_transforms and not self.composite:
+            raise ValueError(
+                f"model.copy_transforms = {self.copy_transforms} transforms the copied frame: it needs "
+                "model.composite, but it is False"
             )
         return self
 

@@ -105,11 +105,17 @@ def test_fast_step_fp32_gradients_are_float64_s_to_rounding(teacher_forcing, bou
 @pytest.mark.parametrize("encoder", ["dcgan64", "vgg64"])
 @pytest.mark.parametrize("teacher_forcing", [True, False])
 @pytest.mark.parametrize(
-    ("decoder_condition", "composite", "spots", "shifted"),
-    [(True, False, False, False), (False, True, False, False), (True, True, True, False), (False, True, True, True)],
+    ("decoder_condition", "composite", "spots", "shifted", "transforms"),
+    [
+        (True, False, False, False, 0),
+        (False, True, False, False, 0),
+        (True, True, True, False, 0),
+        (False, True, True, True, 0),
+        (False, True, True, True, 2),
+    ],
 )
 def test_fast_step_matches_the_reference_with_the_departures(
-    encoder, teacher_forcing, decoder_condition, composite, spots, shifted
+    encoder, teacher_forcing, decoder_condition, composite, spots, shifted, transforms
 ):
     torch.manual_seed(0)
     departures = {
@@ -117,8 +123,12 @@ def test_fast_step_matches_the_reference_with_the_departures(
         "composite": composite,
         "position_spots": spots,
         "shifted_copy": shifted,
+        "copy_transforms": transforms,
     }
     model = small_model(encoder, prior="learned", **departures).double()
+    if transforms:  # away from the identity, so the transforms' own gradients are compared too
+        with torch.no_grad():
+            model.copy_transforms.weight.normal_(0, 0.05)
     x, c, eps = torch.rand(5, 3, 3, 64, 64).double(), torch.randn(5, 3, 7).double(), torch.randn(4, 3, 4).double()
     fast, fast_grads, ref, ref_grads = _both_steps(model, x, c, eps, teacher_forcing)
     torch.testing.assert_close(fast.pred, ref.pred, rtol=1e-9, atol=1e-12)
@@ -212,6 +222,32 @@ def test_a_shifted_copy_carries_the_frame_along_with_the_arm():
         torch.testing.assert_close(pred[step, ..., 8:], last[..., :-8], rtol=0, atol=1e-6)
         torch.testing.assert_close(pred[step, ..., :8], last[..., :1].expand(-1, -1, -1, 8), rtol=0, atol=1e-6)
     torch.testing.assert_close(pred[2], last, rtol=0, atol=1e-6)
+
+
+def test_copy_transforms_carry_the_frame_as_each_transform_moves_it():
+    """With the mask and every share saturated at 1, the prediction is the last transform's copy of the last context
+    frame: a translation of -0.25 in x samples each pixel 8 px to its left at 64 px, so the frame moves 8 px right
+    and the uncovered columns repeat the edge. New transforms are the identity: they copy the frame as it is."""
+    torch.manual_seed(0)
+    model = small_model("dcgan64", composite=True, copy_transforms=2).double().eval()
+    x, c = torch.rand(4, 2, 3, 64, 64).double(), torch.randn(4, 2, 7).double()
+    last = x[1].float()
+    moved = model.copy_transforms(x[1], torch.randn(2, 16).double())
+    torch.testing.assert_close(moved, x[1][:, None].expand(-1, 2, -1, -1, -1), rtol=0, atol=1e-12)
+    final = model.decoder.blocks[-1][0]
+    with torch.no_grad():
+        final.weight.zero_()
+        final.bias.copy_(torch.tensor([0.5, 0.5, 0.5, 60.0, 60.0, 60.0]))
+        model.copy_transforms.bias[6 + 2] = -0.25  # the second transform's x translation
+    pred = model.predict(x, c, n_past=2)
+    for step in (0, 1):
+        torch.testing.assert_close(pred[step, ..., 8:], last[..., :-8], rtol=0, atol=1e-6)
+        torch.testing.assert_close(pred[step, ..., :8], last[..., :1].expand(-1, -1, -1, 8), rtol=0, atol=1e-6)
+
+
+def test_copy_transforms_need_a_composite_decoder():
+    with pytest.raises(ConfigError, match=r"model.copy_transforms = 2 .* needs model.composite"):
+        load_experiment("seed", {"model.copy_transforms": 2})
 
 
 def test_a_shifted_copy_needs_a_composite_decoder_with_spots():

@@ -72,13 +72,37 @@ POSITION_COLUMNS = slice(ACTION_DIM, COND_DIM)
 
 def _start_the_mask_copying(decoder: nn.Module) -> None:
     """Start a compositing decoder's mask at sigmoid(2) = 0.88 everywhere: most of a frame does not change, and a
-    mask that starts at 0.5 settles at a veil of painting over a static scene. A shifted copy starts mostly
-    unmoved (sigmoid(-2) = 0.12): only the arm moves with the arm."""
+    mask that starts at 0.5 settles at a veil of painting over a static scene. The shares of the copy that move
+    (with the arm, or by a transform) start small (sigmoid(-2) = 0.12): most of what is copied stays put."""
     final = [m for m in decoder.blocks[-1].modules() if isinstance(m, nn.ConvTranspose2d)][-1]
     with torch.no_grad():
         final.bias[3] = MASK_START_LOGIT
-        if final.out_channels > 4:
-            final.bias[4] = SHIFT_START_LOGIT
+        final.bias[4:] = SHIFT_START_LOGIT
+
+
+class CopyTransforms(nn.Module):
+    """K affine transforms of a frame, predicted per sample from the step's code g and starting as the identity
+    (the spatial-transformer predictor of Finn et al., 2016): each moves, turns or scales the whole frame, and the
+    decoder's masks take from each only where it fits. Computed in the code's full precision, not under autocast:
+    a sub-pixel motion needs more than bf16's 8 bits."""
+
+    def __init__(self, g_dim: int, transforms: int):
+        super().__init__()
+        self.transforms = transforms
+        self.weight = nn.Parameter(torch.zeros(transforms * 6, g_dim))
+        self.bias = nn.Parameter(torch.zeros(transforms * 6))
+
+    def forward(self, frame: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) frame, (N, g_dim) code -> (N, K, 3, H, W) transformed frames; beyond the border the edge
+        pixels repeat."""
+        n, k = len(frame), self.transforms
+        delta = (g.to(self.weight.dtype)[:, None, :] * self.weight).sum(-1) + self.bias  # (N, 6K)
+        identity = torch.eye(2, 3, dtype=delta.dtype, device=delta.device)
+        theta = (identity + delta.view(n * k, 2, 3)).to(frame.dtype)
+        source = frame.repeat_interleave(k, 0)
+        grid = F.affine_grid(theta, list(source.shape), align_corners=False)
+        moved = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return moved.view(n, k, *frame.shape[1:])
 
 
 class SVG(nn.Module):
@@ -93,9 +117,10 @@ class SVG(nn.Module):
         condition = ConditionMaps(
             cond_dim, tiled=cfg.decoder_condition, position=POSITION_COLUMNS if cfg.position_spots else None
         )
-        # a frame, then the mask and the share of the copy that moves with the arm
-        out_channels = 3 + cfg.composite + cfg.shifted_copy
+        # a frame, then the mask, the share of the copy that moves with the arm and the share each transform takes
+        out_channels = 3 + cfg.composite + cfg.shifted_copy + cfg.copy_transforms
         self.decoder = decoder(cfg.g_dim, cfg.channels, condition, out_channels)
+        self.copy_transforms = CopyTransforms(cfg.g_dim, cfg.copy_transforms) if cfg.copy_transforms else None
         if cfg.composite:
             _start_the_mask_copying(self.decoder)
         self.predictor = FramePredictor(
@@ -149,17 +174,23 @@ class SVG(nn.Module):
         condition only when built with ``model.decoder_condition``. With ``model.composite`` it paints a
         frame and a mask m, and the prediction is m * (the skips' frame) + (1 - m) * painting. With
         ``model.shifted_copy`` the copied frame is itself a blend of the skips' frame and that frame moved by the
-        arm's displacement from ``source_cond`` (the condition of the frame the skips come from) to ``cond_t``."""
+        arm's displacement from ``source_cond`` (the condition of the frame the skips come from) to ``cond_t``; with
+        ``model.copy_transforms`` each transform of the skips' frame then takes its share of the copy in turn."""
         cond = cond_t if self.decoder.condition.channels else None
         if not self.composite:
             return self.decoder(g, skips, cond)
-        frame = skips[-1]
-        out = self.decoder(g, skips[:-1], cond).to(frame.dtype)  # blended at the frame's precision
+        source = copied = skips[-1]
+        out = self.decoder(g, skips[:-1], cond).to(source.dtype)  # blended at the frame's precision
+        share = 4
         if self.shifted_copy:
             if source_cond is None:
                 raise ValueError("a shifted copy needs the condition of the frame the skips come from")
-            frame = torch.lerp(frame, self._moved_with_the_arm(frame, cond_t, source_cond), out[:, 4:5])
-        return torch.lerp(out[:, :3], frame, out[:, 3:4])
+            copied = torch.lerp(copied, self._moved_with_the_arm(source, cond_t, source_cond), out[:, 4:5])
+            share = 5
+        if self.copy_transforms is not None:
+            for k, moved in enumerate(self.copy_transforms(source, g).unbind(1)):
+                copied = torch.lerp(copied, moved, out[:, share + k : share + k + 1])
+        return torch.lerp(out[:, :3], copied, out[:, 3:4])
 
     def _moved_with_the_arm(self, frame: torch.Tensor, cond_t: torch.Tensor, source_cond: torch.Tensor) -> torch.Tensor:
         """``frame`` (N, 3, H, W) translated by where the arm is at ``cond_t`` less where it was at ``source_cond``
