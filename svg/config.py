@@ -62,10 +62,12 @@ class Model(Section):
     prior: Literal["fixed", "learned"] = Field(
         "fixed", description="fixed N(0,I) prior (SVG-FP) or a learned prior LSTM (SVG-LP)"
     )
-    likelihood: Literal["mse", "gaussian", "laplace"] = Field(
+    likelihood: Literal["mse", "psnr", "gaussian", "laplace"] = Field(
         "mse",
-        description="reconstruction term: pixel-mean MSE as the seed (beta then weighs nats against it), or a "
-        "Gaussian/Laplace negative log-likelihood summed over pixels with a learned scale (beta = 1: the ELBO)",
+        description="reconstruction term: pixel-mean MSE as the seed (beta then weighs nats against it); 'psnr': "
+        "the same value, each sequence's frame weighted by the batch's mean MSE over its own, so its gradient is "
+        "that of the mean PSNR over frames the evaluation reports (not in SVG or the seed); or a Gaussian/Laplace "
+        "negative log-likelihood summed over pixels with a learned scale (beta = 1: the ELBO)",
     )
     last_frame_skip: bool = Field(
         False, description="take decoder skips from the latest input frame instead of the last context frame"

@@ -41,6 +41,18 @@ def reconstruction(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred.to(dtype), target.to(dtype))
 
 
+def psnr_weighted_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Summed over steps, averaged over the batch, of (T, B, 3, H, W) frames: each frame's MSE weighted by the
+    mean over all frames over its own (the weights detached). Its value is the step-summed MSE; its gradient is
+    that mean times the gradient of sum(log MSE), i.e. of the mean per-frame PSNR that evaluation reports, which
+    counts a frame's error relative to how good the frame already is."""
+    with torch.autocast(pred.device.type, enabled=False):
+        per_frame = (_wide(pred) - _wide(target)).square().mean((2, 3, 4))  # (T, B)
+        floor = torch.finfo(per_frame.dtype).tiny
+        weight = (per_frame.mean() / per_frame.clamp_min(floor)).detach()
+        return (per_frame * weight).mean(1).sum()
+
+
 INITIAL_LOG_SCALE = -2.3
 """log of the likelihood's pixel scale at initialisation (~0.1 on [0, 1] images); then learned."""
 

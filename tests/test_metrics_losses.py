@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from svg.losses import active_units, kl_between_gaussians, kl_to_standard_normal
+from svg.losses import active_units, kl_between_gaussians, kl_to_standard_normal, psnr_weighted_mse
 from svg.metrics import copy_last, psnr_per_frame, ssim_per_frame
 
 
@@ -118,3 +118,17 @@ def test_learned_scale_is_optimal_at_the_error_it_should_measure(family, best_sc
         for d in (-0.05, 0.0, 0.05)
     }
     assert at[0.0] < at[-0.05] and at[0.0] < at[0.05]
+
+
+def test_psnr_weighted_mse_is_the_mse_in_value_and_the_psnr_in_gradient():
+    """Two steps, two sequences, frames of uniform error e: MSE e², summed over steps and averaged over the batch.
+    The gradient is the mean MSE times that of sum(log MSE): d/de of log e² is 2/e, so each frame's error gets
+    mean · 2/e / B, and a frame twice as good is pulled twice as hard."""
+    errors = torch.tensor([[0.1, 0.2], [0.05, 0.1]], dtype=torch.float64, requires_grad=True)  # (T, B)
+    target = torch.zeros(2, 2, 3, 4, 4, dtype=torch.float64)
+    pred = errors[:, :, None, None, None].expand(-1, -1, 3, 4, 4)
+    value = psnr_weighted_mse(pred, target)
+    squares = errors.detach() ** 2
+    torch.testing.assert_close(value, squares.mean(1).sum())
+    value.backward()
+    torch.testing.assert_close(errors.grad, squares.mean() * 2 / errors.detach() / 2)

@@ -23,7 +23,14 @@ from torch import nn
 from svg.config import Experiment, Model
 from svg.data import COND_DIM, CONDITIONS
 from svg.data.course import ACTION_DIM
-from svg.losses import INITIAL_LOG_SCALE, kl_between_gaussians, kl_to_standard_normal, likelihood_nll, reconstruction
+from svg.losses import (
+    INITIAL_LOG_SCALE,
+    kl_between_gaussians,
+    kl_to_standard_normal,
+    likelihood_nll,
+    psnr_weighted_mse,
+    reconstruction,
+)
 from svg.models.encoders import ARCHITECTURES, ConditionMaps, per_step_statistics
 from svg.models.lstm import FramePredictor, GaussianLSTM, reparameterize
 
@@ -136,7 +143,8 @@ class SVG(nn.Module):
         self.last_frame_skip = cfg.last_frame_skip
         self.channels_last = False
         self.likelihood = cfg.likelihood
-        self.log_scale = None if cfg.likelihood == "mse" else nn.Parameter(torch.full((3, 1, 1), INITIAL_LOG_SCALE))
+        learned_scale = cfg.likelihood in ("gaussian", "laplace")
+        self.log_scale = nn.Parameter(torch.full((3, 1, 1), INITIAL_LOG_SCALE)) if learned_scale else None
 
     @classmethod
     def for_experiment(cls, exp: Experiment) -> SVG:
@@ -289,7 +297,12 @@ class SVG(nn.Module):
 
     def result(self, mse: torch.Tensor, kls: list[torch.Tensor], pred: torch.Tensor, x: torch.Tensor) -> StepResult:
         """A sequence's terms from its summed MSE, per-step KLs and predictions of x[1:]."""
-        nll = None if self.log_scale is None else likelihood_nll(pred, x[1:], self.log_scale, self.likelihood)
+        if self.likelihood == "psnr":
+            nll = psnr_weighted_mse(pred, x[1:])
+        elif self.log_scale is not None:
+            nll = likelihood_nll(pred, x[1:], self.log_scale, self.likelihood)
+        else:
+            nll = None
         return StepResult.collect(mse, kls, pred, nll)
 
     forward = training_step
