@@ -87,6 +87,13 @@ def _start_the_mask_copying(decoder: nn.Module) -> None:
         final.bias[4:] = SHIFT_START_LOGIT
 
 
+def resampled(frame: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``frame`` (N, 3, H, W) with each output pixel sampled bilinearly where the affine ``theta`` (N, 2, 3), in the
+    image's (-1, 1) coordinates, maps it; beyond the border the edge pixels repeat."""
+    grid = F.affine_grid(theta, list(frame.shape), align_corners=False)
+    return F.grid_sample(frame, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 class CopyTransforms(nn.Module):
     """K affine transforms of a frame, predicted per sample from the step's code g and starting as the identity
     (the spatial-transformer predictor of Finn et al., 2016): each moves, turns or scales the whole frame, and the
@@ -106,10 +113,7 @@ class CopyTransforms(nn.Module):
         delta = (g.to(self.weight.dtype)[:, None, :] * self.weight).sum(-1) + self.bias  # (N, 6K)
         identity = torch.eye(2, 3, dtype=delta.dtype, device=delta.device)
         theta = (identity + delta.view(n * k, 2, 3)).to(frame.dtype)
-        source = frame.repeat_interleave(k, 0)
-        grid = F.affine_grid(theta, list(source.shape), align_corners=False)
-        moved = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        return moved.view(n, k, *frame.shape[1:])
+        return resampled(frame.repeat_interleave(k, 0), theta).view(n, k, *frame.shape[1:])
 
 
 class SVG(nn.Module):
@@ -206,9 +210,7 @@ class SVG(nn.Module):
         maps = self.decoder.condition
         shift = (maps.image_position(cond_t) - maps.image_position(source_cond)).to(frame.dtype)
         identity = torch.eye(2, dtype=frame.dtype, device=frame.device).expand(len(frame), 2, 2)
-        theta = torch.cat([identity, -shift[:, :, None]], 2)  # each pixel samples where it came from
-        grid = F.affine_grid(theta, list(frame.shape), align_corners=False)
-        return F.grid_sample(frame, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return resampled(frame, torch.cat([identity, -shift[:, :, None]], 2))  # each pixel samples where it came from
 
     def decode_steps(
         self, g: torch.Tensor, skips: list[torch.Tensor], cond: torch.Tensor, source_cond: torch.Tensor
