@@ -128,7 +128,7 @@ def test_fast_step_matches_the_reference_with_the_departures(
     model = small_model(encoder, prior="learned", **departures).double()
     if transforms:  # away from the identity, so the transforms' own gradients are compared too
         with torch.no_grad():
-            model.copy_transforms.weight.normal_(0, 0.05)
+            model.copy_transforms.to_theta.weight.normal_(0, 0.05)
     x, c, eps = torch.rand(5, 3, 3, 64, 64).double(), torch.randn(5, 3, 7).double(), torch.randn(4, 3, 4).double()
     fast, fast_grads, ref, ref_grads = _both_steps(model, x, c, eps, teacher_forcing)
     torch.testing.assert_close(fast.pred, ref.pred, rtol=1e-9, atol=1e-12)
@@ -238,7 +238,7 @@ def test_copy_transforms_carry_the_frame_as_each_transform_moves_it():
     with torch.no_grad():
         final.weight.zero_()
         final.bias.copy_(torch.tensor([0.5, 0.5, 0.5, 60.0, 60.0, 60.0]))
-        model.copy_transforms.bias[6 + 2] = -0.25  # the second transform's x translation
+        model.copy_transforms.to_theta.bias[6 + 2] = -0.25  # the second transform's x translation
     pred = model.predict(x, c, n_past=2)
     for step in (0, 1):
         torch.testing.assert_close(pred[step, ..., 8:], last[..., :-8], rtol=0, atol=1e-6)

@@ -56,6 +56,12 @@ def per_step_statistics(module: nn.Module, steps: int):
             m.steps = 1
 
 
+def full_precision(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``linear(x)`` for x (N, in) in the layer's own precision whatever the autocast dtype: as products and a sum,
+    which autocast leaves alone (a place or a motion in the image needs more than bf16's 8 bits)."""
+    return (x.to(linear.weight.dtype)[:, None, :] * linear.weight).sum(-1) + linear.bias
+
+
 SPOT_WIDTHS = (0.08, 0.2)
 """Starting widths (standard deviations, in the image's (-1, 1) coordinates: ~2.6 and ~6.4 px at 64 px) of the
 position spots; each is learned."""
@@ -87,9 +93,7 @@ class ConditionMaps(nn.Module):
     def image_position(self, cond: torch.Tensor) -> torch.Tensor:
         """(N, 2): x, y in the image's (-1, 1) coordinates where the learned map puts the arm, in the map's own
         precision (not autocast: a sub-pixel place)."""
-        weight = self.to_image.weight
-        position = cond[:, self.position].to(weight.dtype)
-        return (position[:, None, :] * weight).sum(-1) + self.to_image.bias
+        return full_precision(self.to_image, cond[:, self.position])
 
     def forward(self, like: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         n, _, h, w = like.shape

@@ -31,7 +31,7 @@ from svg.losses import (
     psnr_weighted_mse,
     reconstruction,
 )
-from svg.models.encoders import ARCHITECTURES, ConditionMaps, per_step_statistics
+from svg.models.encoders import ARCHITECTURES, ConditionMaps, full_precision, per_step_statistics
 from svg.models.lstm import FramePredictor, GaussianLSTM, reparameterize
 
 
@@ -72,7 +72,7 @@ class StepResult:
 
 
 MASK_START_LOGIT = 2.0
-SHIFT_START_LOGIT = -2.0
+MOVED_START_LOGIT = -2.0
 POSITION_COLUMNS = slice(ACTION_DIM, COND_DIM)
 """The end-effector position (x, y, z) within the action+position condition."""
 
@@ -84,7 +84,7 @@ def _start_the_mask_copying(decoder: nn.Module) -> None:
     final = [m for m in decoder.blocks[-1].modules() if isinstance(m, nn.ConvTranspose2d)][-1]
     with torch.no_grad():
         final.bias[3] = MASK_START_LOGIT
-        final.bias[4:] = SHIFT_START_LOGIT
+        final.bias[4:] = MOVED_START_LOGIT
 
 
 def resampled(frame: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -97,20 +97,21 @@ def resampled(frame: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 class CopyTransforms(nn.Module):
     """K affine transforms of a frame, predicted per sample from the step's code g and starting as the identity
     (the spatial-transformer predictor of Finn et al., 2016): each moves, turns or scales the whole frame, and the
-    decoder's masks take from each only where it fits. Computed in the code's full precision, not under autocast:
-    a sub-pixel motion needs more than bf16's 8 bits."""
+    decoder's masks take from each only where it fits. The transforms are computed in full precision, not under
+    autocast."""
 
     def __init__(self, g_dim: int, transforms: int):
         super().__init__()
         self.transforms = transforms
-        self.weight = nn.Parameter(torch.zeros(transforms * 6, g_dim))
-        self.bias = nn.Parameter(torch.zeros(transforms * 6))
+        self.to_theta = nn.Linear(g_dim, transforms * 6)  # each transform's change from the identity
+        nn.init.zeros_(self.to_theta.weight)
+        nn.init.zeros_(self.to_theta.bias)
 
     def forward(self, frame: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) frame, (N, g_dim) code -> (N, K, 3, H, W) transformed frames; beyond the border the edge
         pixels repeat."""
         n, k = len(frame), self.transforms
-        delta = (g.to(self.weight.dtype)[:, None, :] * self.weight).sum(-1) + self.bias  # (N, 6K)
+        delta = full_precision(self.to_theta, g)  # (N, 6K)
         identity = torch.eye(2, 3, dtype=delta.dtype, device=delta.device)
         theta = (identity + delta.view(n * k, 2, 3)).to(frame.dtype)
         return resampled(frame.repeat_interleave(k, 0), theta).view(n, k, *frame.shape[1:])
@@ -193,15 +194,14 @@ class SVG(nn.Module):
             return self.decoder(g, skips, cond)
         source = copied = skips[-1]
         out = self.decoder(g, skips[:-1], cond).to(source.dtype)  # blended at the frame's precision
-        share = 4
         if self.shifted_copy:
             if source_cond is None:
                 raise ValueError("a shifted copy needs the condition of the frame the skips come from")
             copied = torch.lerp(copied, self._moved_with_the_arm(source, cond_t, source_cond), out[:, 4:5])
-            share = 5
         if self.copy_transforms is not None:
+            first = 4 + self.shifted_copy  # the transforms' shares follow the mask and the arm's share
             for k, moved in enumerate(self.copy_transforms(source, g).unbind(1)):
-                copied = torch.lerp(copied, moved, out[:, share + k : share + k + 1])
+                copied = torch.lerp(copied, moved, out[:, first + k : first + k + 1])
         return torch.lerp(out[:, :3], copied, out[:, 3:4])
 
     def _moved_with_the_arm(self, frame: torch.Tensor, cond_t: torch.Tensor, source_cond: torch.Tensor) -> torch.Tensor:
